@@ -1,0 +1,3 @@
+from cai_jax.cli import main
+
+main()

