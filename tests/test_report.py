@@ -1,0 +1,36 @@
+"""The report: metric series, plots and the markdown table."""
+
+import json
+
+import pytest
+
+from cai_jax import report
+
+
+def _write_metrics(path, records):
+  path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_series_filters_by_stage_and_key(tmp_path):
+  records = [{"step": 1, "stage": "sft", "loss": 2.0}, {"step": 1, "stage": "rm", "loss": 9.0},
+             {"step": 2, "stage": "sft", "loss": 1.5}, {"step": 3, "stage": "sft", "other": 1}]
+  assert report.series(records, "sft", "loss") == ([1, 2], [2.0, 1.5])
+
+
+def test_write_report_makes_plots_and_table(tmp_path):
+  _write_metrics(tmp_path / "metrics.jsonl",
+                 [{"step": s, "stage": "ppo", "reward_mean": 0.1 * s, "kl": 0.01 * s} for s in range(5)])
+  out = report.write_report(tmp_path, {"ppo": {"final": {"reward_mean": 0.4}}, "hhh": {"accuracy": 0.5}})
+  text = out.read_text()
+  assert "| final.reward_mean | 0.4 |" in text
+  assert "| accuracy | 0.5 |" in text
+  assert (tmp_path / "plots" / "ppo.png").stat().st_size > 1000
+  assert "![ppo](plots/ppo.png)" in text
+  assert not (tmp_path / "plots" / "sft.png").exists()  # no sft metrics, no empty plot
+  assert json.loads((tmp_path / "summary.json").read_text())["hhh"]["accuracy"] == 0.5
+
+
+def test_malformed_metrics_line_names_file_and_line(tmp_path):
+  (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{oops\n')
+  with pytest.raises(ValueError, match=r"metrics.jsonl:2: not valid JSON"):
+    report.read_jsonl(tmp_path / "metrics.jsonl")
