@@ -41,21 +41,28 @@ RULE_SETS = {"train": TRAIN_RULES, "sample": SAMPLE_RULES}
 
 
 def maybe_initialize_distributed(coordinator_address: str = "", num_processes: int = 0,
-                                 process_id: int = -1) -> None:
-  """Starts multi-host JAX when asked to (same program on every host).
+                                 process_id: int = -1) -> bool:
+  """Starts multi-host JAX when asked to (the same program runs on every host).
 
-  On TPU pods `jax.distributed.initialize()` needs no arguments; elsewhere pass
-  the coordinator address, the number of processes and this process's id.
+  num_processes = 0 or 1: single process, nothing to do. num_processes = -1:
+  let JAX detect the cluster (TPU pods, SLURM). Otherwise pass the coordinator
+  "host:port", the number of processes and this process's id (GPU clusters,
+  local multi-process tests). Returns whether distributed mode was started.
   """
-  if num_processes in (0, 1) and not coordinator_address:
-    return
-  kwargs = {}
-  if coordinator_address:
-    kwargs = dict(coordinator_address=coordinator_address, num_processes=num_processes,
-                  process_id=process_id)
-  jax.distributed.initialize(**kwargs)
-  log.info("jax.distributed: process %d of %d, %d global devices", jax.process_index(),
-           jax.process_count(), jax.device_count())
+  if num_processes in (0, 1):
+    return False
+  if num_processes == -1:
+    jax.distributed.initialize()
+  else:
+    if not coordinator_address or not 0 <= process_id < num_processes:
+      raise ValueError("distributed: with num_processes > 1, give coordinator_address "
+                       f"(host:port) and 0 <= process_id < {num_processes}; got "
+                       f"{coordinator_address!r}, process_id={process_id}")
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
+  log.info("jax.distributed: process %d of %d, %d global devices (%d local)", jax.process_index(),
+           jax.process_count(), jax.device_count(), jax.local_device_count())
+  return True
 
 
 def resolve_mesh_shape(axes: Mapping[str, int], n_devices: int) -> dict[str, int]:
