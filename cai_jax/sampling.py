@@ -1,0 +1,342 @@
+"""Batched, jitted generation and continuation scoring.
+
+Generation = one prefill of right-padded prompts into a preallocated KV cache,
+then a `lax.while_loop` that decodes one token per row per step. The model's
+cache semantics make ragged batches simple: slot s holds position s, the
+prefill writes positions 0..T-1 of every row, and row b then decodes from its
+own length (its first new token goes to slot len_b, overwriting pad garbage
+that no real token ever attends to, because a token attends to slots <= its
+position).
+
+Shapes are bucketed to powers of two (batch, prompt length, new tokens) so a
+run with many prompt lengths compiles only a handful of programs.
+
+Randomness: row i of a call draws its token at step t with
+`fold_in(fold_in(rng, row_ids[i]), t)`, so a prompt's sample depends only on the
+key, its row id and its text — not on batch size, bucketing, chunking or the
+mesh. That is what makes resumed data generation reproducible.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import time
+from collections.abc import Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from cai_jax import sharding
+from cai_jax.models.transformer import KVCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleOutput:
+  """What `generate` returns, one row per prompt (in the order given)."""
+
+  tokens: np.ndarray  # [B, N] int32 generated ids; pad_id after the stop token / row limit
+  # [B, N] float32: log p(token) under the model's own next-token distribution at
+  # temperature 1 with no top-k/top-p truncation (log_softmax of the raw logits);
+  # 0 after the row ended. This is what PPO and KL terms need.
+  logprobs: np.ndarray
+  lengths: np.ndarray  # [B] int32 generated tokens per row, including the stop token
+
+  def row(self, i: int) -> list[int]:
+    """Generated ids of row i, stop token included."""
+    return self.tokens[i, :self.lengths[i]].tolist()
+
+
+def next_pow2(n: int, minimum: int = 1) -> int:
+  """Smallest power of two >= max(n, minimum)."""
+  n = max(int(n), minimum, 1)
+  return 1 << (n - 1).bit_length()
+
+
+# ----------------------------------------------------------------------------- token selection
+
+
+def top_k_mask(logits: jax.Array, k: int) -> jax.Array:
+  """Keeps the k largest logits per row (ties at the k-th value are kept), rest -> -inf."""
+  if k <= 0 or k >= logits.shape[-1]:
+    return logits
+  kth = jax.lax.top_k(logits, k)[0][..., -1:]  # [B, 1]
+  return jnp.where(logits >= kth, logits, -jnp.inf)
+
+
+def top_p_mask(logits: jax.Array, p: jax.Array | float) -> jax.Array:
+  """Nucleus filter: keeps, in order of decreasing probability, every token whose
+  higher-ranked tokens together hold less than p of the mass (so the top token
+  always survives); the rest -> -inf. logits [B, V]."""
+  ordered = jnp.sort(logits, axis=-1)[..., ::-1]  # [B, V] descending
+  probs = jax.nn.softmax(ordered, axis=-1)
+  mass_before = jnp.cumsum(probs, axis=-1) - probs
+  n_keep = jnp.maximum(jnp.sum(mass_before < p, axis=-1, keepdims=True), 1)  # [B, 1]
+  threshold = jnp.take_along_axis(ordered, n_keep - 1, axis=-1)
+  return jnp.where(logits >= threshold, logits, -jnp.inf)
+
+
+def _select(logits, row_keys, step, temperature, top_p, *, greedy: bool, top_k: int,
+            use_top_p: bool):
+  """Picks one token per row; returns (tokens [B], base-model log-probs [B])."""
+  if greedy:
+    tokens = jnp.argmax(logits, axis=-1)
+  else:
+    x = logits / temperature
+    x = top_k_mask(x, top_k)
+    if use_top_p:
+      x = top_p_mask(x, top_p)
+    keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys, step)
+    tokens = jax.vmap(jax.random.categorical)(keys, x)
+  tokens = tokens.astype(jnp.int32)
+  logp = jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(logits, -1)
+  return tokens, logp
+
+
+# ----------------------------------------------------------------------------- the jitted core
+
+
+@flax.struct.dataclass
+class DecodeState:
+  """Everything the decode loop carries from one step to the next."""
+
+  step: jax.Array  # [] int32: tokens generated so far (per row, before stopping)
+  last: jax.Array  # [B] int32: the token to feed next
+  done: jax.Array  # [B] bool: row has stopped
+  tokens: jax.Array  # [B, N] int32
+  logprobs: jax.Array  # [B, N] float32
+  lengths: jax.Array  # [B] int32
+  cache: KVCache
+
+
+def _record(s: DecodeState, tok, logp, stop_table, max_lengths, pad_id) -> DecodeState:
+  """Writes step s.step's token of every live row and updates the stop flags."""
+  live = ~s.done
+  tokens = s.tokens.at[:, s.step].set(jnp.where(live, tok, pad_id))
+  logprobs = s.logprobs.at[:, s.step].set(jnp.where(live, logp, 0.0))
+  lengths = s.lengths + live.astype(jnp.int32)
+  hit_stop = jnp.any(tok[:, None] == stop_table, axis=-1)
+  done = s.done | hit_stop | (lengths >= max_lengths)
+  return s.replace(step=s.step + 1, last=tok, done=done, tokens=tokens, logprobs=logprobs,
+                   lengths=lengths)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "n_new", "greedy", "top_k", "use_top_p",
+                                             "cache_sharding"))
+def _generate_core(graphdef, params, prompts, prompt_lengths, row_keys, max_lengths, stop_table,
+                   temperature, top_p, pad_id, *, n_new: int, greedy: bool, top_k: int,
+                   use_top_p: bool, cache_sharding: NamedSharding | None):
+  """prompts [B, T] right-padded; prompt_lengths, max_lengths [B]; stop_table [B, M] (-1 = none)."""
+  model = nnx.merge(graphdef, params)
+  B, T = prompts.shape
+  cache = KVCache.zeros(model.cfg, B, T + n_new)
+  if cache_sharding is not None:
+    cache = jax.lax.with_sharding_constraint(cache, KVCache(cache_sharding, cache_sharding))
+  positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+  hidden, cache = model.hidden(prompts, positions, cache)  # [B, T, D]
+  last_hidden = jnp.take_along_axis(hidden, (prompt_lengths - 1)[:, None, None], axis=1)
+  logits = model.logits(last_hidden)[:, 0]  # [B, V]
+  select = functools.partial(_select, row_keys=row_keys, temperature=temperature, top_p=top_p,
+                             greedy=greedy, top_k=top_k, use_top_p=use_top_p)
+  record = functools.partial(_record, stop_table=stop_table, max_lengths=max_lengths, pad_id=pad_id)
+
+  state = DecodeState(step=jnp.zeros((), jnp.int32), last=jnp.zeros((B,), jnp.int32),
+                      done=jnp.zeros((B,), bool), tokens=jnp.full((B, n_new), pad_id, jnp.int32),
+                      logprobs=jnp.zeros((B, n_new), jnp.float32),
+                      lengths=jnp.zeros((B,), jnp.int32), cache=cache)
+  state = record(state, *select(logits, step=0))
+
+  def cond(s: DecodeState):
+    return (s.step < n_new) & ~jnp.all(s.done)
+
+  def body(s: DecodeState) -> DecodeState:
+    # The token generated at step t-1 sits at position len_b + t - 1.
+    pos = prompt_lengths + s.step - 1
+    logits, cache = nnx.merge(graphdef, params)(s.last[:, None], pos[:, None], s.cache)
+    return record(s.replace(cache=cache), *select(logits[:, 0], step=s.step))
+
+  state = jax.lax.while_loop(cond, body, state)
+  return state.tokens, state.logprobs, state.lengths
+
+
+# ----------------------------------------------------------------------------- host wrapper
+
+
+def _per_row(value, n: int, name: str) -> list:
+  """An int (or a flat sequence of ints for stop ids) for every row, or one per row."""
+  if name == "stop_ids":
+    value = list(value)
+    if value and isinstance(value[0], (list, tuple, np.ndarray)):
+      if len(value) != n:
+        raise ValueError(f"stop_ids: {len(value)} per-row lists for {n} prompts")
+      return [tuple(int(t) for t in v) for v in value]
+    return [tuple(int(t) for t in value)] * n
+  if isinstance(value, (int, np.integer)):
+    return [int(value)] * n
+  value = [int(v) for v in value]
+  if len(value) != n:
+    raise ValueError(f"{name}: {len(value)} values for {n} prompts")
+  return value
+
+
+def _sample_shardings(graphdef, params, mesh: Mesh | None):
+  """Places params with the "sample" rules; returns (params, cache sharding or None)."""
+  if mesh is None:
+    return params, None
+  abstract = nnx.eval_shape(lambda: nnx.merge(graphdef, params))
+  shardings = sharding.param_shardings(nnx.state(abstract), mesh, "sample")
+  params = sharding.reshard(params, shardings)
+  # Cache [L, B, S, K, H]: batch over the data axes, kv heads over `tensor` where they divide.
+  spec = sharding.logical_to_spec(("layers", "batch", None, "kv_heads", None),
+                                  (1, _data_shards(mesh), 1, abstract.cfg.n_kv_heads, 1), mesh,
+                                  sharding.SAMPLE_RULES)
+  return params, NamedSharding(mesh, spec)
+
+
+def _data_shards(mesh: Mesh | None) -> int:
+  if mesh is None:
+    return 1
+  return int(np.prod([mesh.shape[a] for a in ("data", "fsdp") if a in mesh.shape]))
+
+
+def generate(graphdef, params, prompts: Sequence[Sequence[int]], *, rng: jax.Array,
+             max_new_tokens: int | Sequence[int], temperature: float = 1.0, top_k: int = 0,
+             top_p: float = 1.0, stop_ids: Sequence[int] | Sequence[Sequence[int]] = (),
+             pad_id: int = 0, mesh: Mesh | None = None, max_prompt_len: int | None = None,
+             batch_size: int = 32, row_ids: Sequence[int] | None = None) -> SampleOutput:
+  """Samples continuations of token-id prompts; any number of prompts.
+
+  temperature 0 = greedy. `max_new_tokens` and `stop_ids` may be given per row
+  (a list of ints / a list of id lists). Prompts longer than `max_prompt_len`
+  keep their last tokens (a warning says so). Prompts are grouped by length
+  into chunks of at most `batch_size` rows; `row_ids` (default 0..n-1) seed
+  each row's randomness (see the module docstring).
+  """
+  n = len(prompts)
+  if temperature < 0:
+    raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+  if not 0 < top_p <= 1:
+    raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+  prompts = [list(map(int, p)) for p in prompts]
+  if any(not p for p in prompts):
+    raise ValueError(f"prompt {next(i for i, p in enumerate(prompts) if not p)} is empty")
+  if max_prompt_len is not None and any(len(p) > max_prompt_len for p in prompts):
+    log.warning("generate: %d prompt(s) longer than max_prompt_len=%d keep their last tokens",
+                sum(len(p) > max_prompt_len for p in prompts), max_prompt_len)
+    prompts = [p[-max_prompt_len:] for p in prompts]
+  max_new = _per_row(max_new_tokens, n, "max_new_tokens")
+  if any(m <= 0 for m in max_new):
+    raise ValueError("max_new_tokens must be positive")
+  stops = _per_row(stop_ids, n, "stop_ids")
+  row_ids = list(range(n)) if row_ids is None else [int(r) for r in row_ids]
+  n_out = max(max_new, default=1)
+  out = SampleOutput(tokens=np.full((n, n_out), pad_id, np.int32),
+                     logprobs=np.zeros((n, n_out), np.float32), lengths=np.zeros((n,), np.int32))
+  if n == 0:
+    return out
+
+  params, cache_sharding = _sample_shardings(graphdef, params, mesh)
+  shards = _data_shards(mesh)
+  order = sorted(range(n), key=lambda i: -len(prompts[i]))  # similar lengths share a bucket
+  chunks = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+  t0, generated = time.perf_counter(), 0
+  for c, rows in enumerate(chunks):
+    B = max(next_pow2(len(rows)), shards)
+    T = next_pow2(max(len(prompts[i]) for i in rows), 16)
+    N = next_pow2(max(max_new[i] for i in rows), 16)
+    M = max(1, max(len(stops[i]) for i in rows))
+    tokens = np.full((B, T), pad_id, np.int32)
+    lengths = np.ones((B,), np.int32)
+    limits = np.ones((B,), np.int32)  # padding rows stop after one token
+    table = np.full((B, M), -1, np.int32)
+    ids = np.zeros((B,), np.uint32)
+    for j, i in enumerate(rows):
+      tokens[j, :len(prompts[i])] = prompts[i]
+      lengths[j], limits[j], ids[j] = len(prompts[i]), max_new[i], row_ids[i]
+      table[j, :len(stops[i])] = stops[i]
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(rng, jnp.asarray(ids))
+    batch = dict(tokens=tokens, lengths=lengths, limits=limits, table=table)
+    if mesh is not None:
+      batch = sharding.shard_batch(batch, mesh, "sample")
+      keys = jax.device_put(keys, sharding.batch_sharding(mesh, keys.ndim, "sample"))
+    toks, lps, lens = _generate_core(
+        graphdef, params, batch["tokens"], batch["lengths"], keys, batch["limits"], batch["table"],
+        jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p), jnp.int32(pad_id), n_new=N,
+        greedy=temperature == 0, top_k=int(top_k), use_top_p=top_p < 1.0,
+        cache_sharding=cache_sharding)
+    toks, lps, lens = np.asarray(toks), np.asarray(lps), np.asarray(lens)
+    width = min(N, n_out)
+    for j, i in enumerate(rows):
+      out.tokens[i, :width], out.logprobs[i, :width], out.lengths[i] = (toks[j, :width],
+                                                                        lps[j, :width], lens[j])
+    generated += int(lens[:len(rows)].sum())
+    if len(chunks) > 1:
+      dt = time.perf_counter() - t0
+      log.info("generate: chunk %d/%d, %d tokens, %.1f tokens/s", c + 1, len(chunks), generated,
+               generated / max(dt, 1e-9))
+  return out
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def sequence_logprobs(model, tokens: jax.Array, positions: jax.Array,
+                      target_mask: jax.Array) -> jax.Array:
+  """log p(tokens[:, t] | tokens[:, :t]) as [B, T] float32, 0 where target_mask is False.
+
+  Column 0 is always 0 (nothing predicts the first token). Jittable; `model` is
+  a Transformer (or anything with the same call signature).
+  """
+  logits, _ = model(tokens, positions)  # [B, T, V]
+  logits = logits[:, :-1].astype(jnp.float32)
+  picked = jnp.take_along_axis(logits, tokens[:, 1:, None], axis=-1)[..., 0]
+  logp = picked - jax.nn.logsumexp(logits, axis=-1)  # [B, T-1]
+  logp = jnp.pad(logp, ((0, 0), (1, 0)))
+  return jnp.where(target_mask, logp, 0.0)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _score_core(graphdef, params, tokens, target_mask):
+  B, T = tokens.shape
+  positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+  return sequence_logprobs(nnx.merge(graphdef, params), tokens, positions, target_mask)
+
+
+def score_continuations(graphdef, params, prompts: Sequence[Sequence[int]],
+                        continuations: Sequence[Sequence[int]], *, pad_id: int = 0,
+                        mesh: Mesh | None = None, batch_size: int = 8) -> list[np.ndarray]:
+  """Per-token log-probs (float32 arrays, one per pair) of each continuation given its prompt."""
+  if len(prompts) != len(continuations):
+    raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
+  if any(not p for p in prompts):
+    raise ValueError("score_continuations: every prompt needs at least one token")
+  params, _ = _sample_shardings(graphdef, params, mesh)
+  shards = _data_shards(mesh)
+  n = len(prompts)
+  out: list[np.ndarray] = [np.zeros((0,), np.float32)] * n
+  order = sorted(range(n), key=lambda i: -(len(prompts[i]) + len(continuations[i])))
+  for start in range(0, n, batch_size):
+    rows = order[start:start + batch_size]
+    B = max(next_pow2(len(rows)), shards)
+    T = next_pow2(max(len(prompts[i]) + len(continuations[i]) for i in rows), 16)
+    tokens = np.full((B, T), pad_id, np.int32)
+    mask = np.zeros((B, T), bool)
+    for j, i in enumerate(rows):
+      p, c = list(prompts[i]), list(continuations[i])
+      tokens[j, :len(p) + len(c)] = p + c
+      mask[j, len(p):len(p) + len(c)] = True
+    batch = dict(tokens=tokens, mask=mask)
+    if mesh is not None:
+      batch = sharding.shard_batch(batch, mesh, "sample")
+    logp = np.asarray(_score_core(graphdef, params, batch["tokens"], batch["mask"]))
+    for j, i in enumerate(rows):
+      lp = len(prompts[i])
+      out[i] = logp[j, lp:lp + len(continuations[i])].astype(np.float32)
+  return out
