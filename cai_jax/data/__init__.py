@@ -1,0 +1,1 @@
+"""Data: prompt sets, SL-CAI and feedback generation, training pipelines."""

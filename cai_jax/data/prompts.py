@@ -1,0 +1,96 @@
+"""Prompt sets: the ones shipped with cai_jax and the hh-rlhf transcript format.
+
+`load_prompts(spec)` understands:
+  * "red_team" / "helpful": cai_jax/resources/prompts/<name>.jsonl, written for
+    this project ({"id", "category", "prompt"} per line);
+  * a path to a .jsonl or .jsonl.gz file, either in that format or in the
+    hh-rlhf format ({"chosen": transcript, "rejected": transcript}), from which
+    the first Human turn is the prompt (as in the CAI paper's red-team set).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import importlib.resources
+import json
+import pathlib
+import re
+
+BUILTIN = ("red_team", "helpful")
+_HUMAN = re.compile(r"\n\nHuman:(.*?)(?=\n\n(?:Human|Assistant):|\Z)", re.S)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompt:
+  """One prompt: a stable id (used to resume generation), its text and a category."""
+
+  id: str
+  text: str
+  category: str = ""
+
+
+def first_human_turn(transcript: str) -> str | None:
+  """The text of the first "\\n\\nHuman: ..." turn of an hh-rlhf transcript, or None."""
+  match = _HUMAN.search(transcript)
+  return match.group(1).strip() if match else None
+
+
+def _open_lines(path: pathlib.Path):
+  opener = gzip.open if path.suffix == ".gz" else open
+  with opener(path, "rt", encoding="utf-8") as f:
+    yield from f
+
+
+def _read_jsonl(path: pathlib.Path, limit: int | None, dedupe: bool) -> list[Prompt]:
+  prompts: list[Prompt] = []
+  seen: set[str] = set()
+  stem = path.name.split(".")[0]
+  for line_no, line in enumerate(_open_lines(path), start=1):
+    if limit is not None and len(prompts) >= limit:
+      break
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}:{line_no}: invalid JSON ({e.msg})") from None
+    if not isinstance(record, dict):
+      raise ValueError(f"{path}:{line_no}: expected a JSON object")
+    if "prompt" in record:
+      text, pid = record["prompt"], str(record.get("id", f"{stem}-{line_no:06d}"))
+      category = str(record.get("category", ""))
+    elif "chosen" in record:
+      text, pid, category = first_human_turn(record["chosen"] or ""), f"{stem}-{line_no:06d}", "hh-rlhf"
+      if text is None:
+        raise ValueError(f"{path}:{line_no}: field 'chosen' has no '\\n\\nHuman:' turn")
+    else:
+      raise ValueError(f"{path}:{line_no}: expected a field 'prompt' (cai_jax format) or "
+                       f"'chosen' (hh-rlhf format); got fields {sorted(record)}")
+    if not isinstance(text, str) or not text.strip():
+      raise ValueError(f"{path}:{line_no}: the prompt text is empty")
+    if dedupe and text in seen:
+      continue
+    seen.add(text)
+    prompts.append(Prompt(id=pid, text=text.strip(), category=category))
+  ids = [p.id for p in prompts]
+  if len(set(ids)) != len(ids):
+    dup = next(i for i in ids if ids.count(i) > 1)
+    raise ValueError(f"{path}: prompt id {dup!r} appears more than once")
+  return prompts
+
+
+def builtin_path(name: str) -> pathlib.Path:
+  """Path of a prompt set shipped in cai_jax/resources/prompts."""
+  return pathlib.Path(str(importlib.resources.files("cai_jax") / "resources" / "prompts" / f"{name}.jsonl"))
+
+
+def load_prompts(spec: str, limit: int | None = None, dedupe: bool = True) -> list[Prompt]:
+  """Prompts from a built-in set name or a JSONL(.gz) path (see the module docstring)."""
+  if spec in BUILTIN:
+    path = builtin_path(spec)
+  else:
+    path = pathlib.Path(spec)
+    if not path.is_file():
+      raise ValueError(f"prompts: {spec!r} is neither a built-in set {BUILTIN} nor an existing file")
+  return _read_jsonl(path, limit, dedupe)
