@@ -12,6 +12,8 @@ import sys
 
 # stage name -> "module:function". Each function takes the validated ConfigDict.
 STAGES: dict[str, str] = {
+    "sl-data": "cai_jax.data.sl_cai:run",
+    "generate": "cai_jax.generate:run",
 }
 
 

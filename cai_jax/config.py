@@ -64,6 +64,28 @@ def _sampler() -> ConfigDict:
   ))
 
 
+def _sl_data() -> ConfigDict:
+  # Stage `sl-data` (cai_jax/data/sl_cai.py); sampling settings come from `sampler`.
+  return ConfigDict(dict(
+      prompts="red_team",  # built-in set (red_team | helpful) or a JSONL(.gz) path, e.g. hh-rlhf
+      n_prompts=-1,  # -1 = all
+      helpful_prompts="helpful",  # answered once each, no critique rounds
+      n_helpful=-1,  # -1 = all, 0 = none
+      n_rounds=4,  # critique -> revision rounds per red-team prompt (paper: 4)
+      mode="critique",  # critique | direct (revision without a critique, for the ablation)
+      n_few_shot=5,  # few-shot examples in the prefix (paper: 5)
+      constitution="constitutions/base.toml",  # TOML path, or "paper:<dir>" for the paper's JSON prompts
+      profile="",  # optional context profile TOML layered on top
+      few_shot="",  # "" = the constitution's own few-shot file; "none" = no examples; or a TOML path
+      out="sl_cai.jsonl",  # relative to workdir
+  ))
+
+
+def _generate() -> ConfigDict:
+  # Stage `generate`: one prompt in, the model's answer on stdout.
+  return ConfigDict(dict(prompt="Hello! What can you do?"))
+
+
 def base_config() -> ConfigDict:
   """Every field, with its default. Sections are added here, one function each."""
   config = ConfigDict()
@@ -73,6 +95,8 @@ def base_config() -> ConfigDict:
   config.mesh = _mesh()
   config.distributed = _distributed()
   config.sampler = _sampler()
+  config.sl_data = _sl_data()
+  config.generate = _generate()
   return config
 
 
@@ -101,6 +125,20 @@ def _validate_sampler(c: ConfigDict) -> None:
   for field in ("max_new_tokens", "max_prompt_len", "batch_size"):
     if c[field] <= 0:
       raise ValueError(f"sampler.{field}: must be positive, got {c[field]}")
+
+
+@validator("sl_data")
+def _validate_sl_data(c: ConfigDict) -> None:
+  if c.mode not in ("critique", "direct"):
+    raise ValueError(f"sl_data.mode: {c.mode!r}; expected critique or direct")
+  for field in ("n_prompts", "n_helpful"):
+    if c[field] < -1:
+      raise ValueError(f"sl_data.{field}: must be -1 (all), 0 or positive, got {c[field]}")
+  for field in ("n_rounds", "n_few_shot"):
+    if c[field] < 0:
+      raise ValueError(f"sl_data.{field}: must be >= 0, got {c[field]}")
+  if not c.out:
+    raise ValueError("sl_data.out: needs a file name (relative to workdir)")
 
 
 @validator("mesh")

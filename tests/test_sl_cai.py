@@ -1,0 +1,153 @@
+"""SL-CAI data generation on the tiny model: records, modes, resume after a kill."""
+
+import dataclasses
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from cai_jax import constitution as C
+from cai_jax import sampling
+from cai_jax.data import prompts as P
+from cai_jax.data import sl_cai
+from cai_jax.tokenizer import ByteTokenizer, ChatTemplate
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SETTINGS = sl_cai.SLDataSettings(n_rounds=2, n_few_shot=1, max_new_tokens=8, max_prompt_len=256,
+                                 batch_size=4, seed=3)
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyModel:
+  """What sl_cai needs from a LoadedModel."""
+
+  graphdef: object
+  params: dict
+  tokenizer: object = ByteTokenizer()
+  chat: ChatTemplate = ChatTemplate("chatml")
+  source: str = "random:tiny"
+
+
+def tiny_model() -> TinyModel:
+  from cai_jax.models import Transformer, get_model_config
+  graphdef, state = nnx.split(Transformer(get_model_config("tiny"), rngs=nnx.Rngs(0)))
+  return TinyModel(graphdef, nnx.to_pure_dict(state))
+
+
+@pytest.fixture(scope="module")
+def model():
+  return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def constitution():
+  return C.load_constitution(REPO / "constitutions" / "base.toml")
+
+
+def _read(path):
+  return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines()]
+
+
+def test_records_follow_the_schema_and_the_principle_draws(tmp_path, model, constitution):
+  red, helpful = P.load_prompts("red_team", limit=3), P.load_prompts("helpful", limit=2)
+  out = tmp_path / "sl.jsonl"
+  summary = sl_cai.generate_sl_data(model, constitution, red, helpful, out, SETTINGS, fp="fp1")
+  records = _read(out)
+  assert summary["written"] == 5 and [r["id"] for r in records] == [p.id for p in red + helpful]
+  for r, p in zip(records, red + helpful):
+    assert set(r) == {"id", "prompt", "initial", "rounds", "kind", "model", "config_fingerprint"}
+    assert r["prompt"] == p.text and r["model"] == "random:tiny" and r["config_fingerprint"] == "fp1"
+  for r in records[:3]:
+    assert r["kind"] == "red_team" and len(r["rounds"]) == 2
+    drawn = constitution.sample(np.random.default_rng([3, sl_cai._row_id(r["id"])]), 2)
+    assert [x["principle"] for x in r["rounds"]] == [p.id for p in drawn]
+    assert all(isinstance(x["critique"], str) and isinstance(x["revision"], str) for x in r["rounds"])
+  assert all(r["kind"] == "helpful" and r["rounds"] == [] for r in records[3:])
+  # The initial answer is exactly the sampler's output for that prompt's row id and phase 0.
+  tok = model.tokenizer
+  ids = tok.encode(model.chat.format([{"role": "user", "content": helpful[0].text}]))
+  ref = sampling.generate(model.graphdef, model.params, [ids], rng=jax.random.fold_in(jax.random.key(3), 0),
+                          max_new_tokens=8, stop_ids=tok.stop_ids, pad_id=tok.pad_id,
+                          row_ids=[sl_cai._row_id(helpful[0].id)])
+  expected = tok.decode([t for t in ref.row(0) if t not in tok.stop_ids]).strip()
+  assert records[3]["initial"] == expected
+
+
+def test_direct_mode_has_no_critiques(tmp_path, model, constitution):
+  out = tmp_path / "direct.jsonl"
+  settings = dataclasses.replace(SETTINGS, mode="direct", n_rounds=1)
+  sl_cai.generate_sl_data(model, constitution, P.load_prompts("red_team", limit=2), [], out, settings,
+                          fp="d")
+  assert [[x["critique"] for x in r["rounds"]] for r in _read(out)] == [[None], [None]]
+
+
+def test_conversations_put_few_shot_first_and_skip_critique_in_direct_mode(constitution):
+  ex = constitution.few_shot[:1]
+  p = constitution.get("avoid-harm")
+  crit = sl_cai.critique_messages(sl_cai.few_shot_messages(ex, "critique"), "Q", "A", p)
+  assert [m["content"] for m in crit[-3:]] == ["Q", "A", p.critique]
+  assert crit[2]["content"] == ex[0].critique_request and crit[3]["content"] == ex[0].critique
+  direct = sl_cai.revision_messages(sl_cai.few_shot_messages(ex, "direct"), "Q", "A", p, None)
+  assert [m["content"] for m in direct[-3:]] == ["Q", "A", p.revision]
+  assert all(m["content"] not in (ex[0].critique, p.critique) for m in direct)
+
+
+def test_resume_drops_a_truncated_line_and_completes(tmp_path, model, constitution, caplog):
+  red = P.load_prompts("red_team", limit=5)
+  out = tmp_path / "sl.jsonl"
+  full = tmp_path / "full.jsonl"
+  sl_cai.generate_sl_data(model, constitution, red, [], full, SETTINGS, fp="fp")
+  lines = full.read_text().splitlines(keepends=True)
+  out.write_text(lines[0] + lines[1] + lines[2][:40])  # a kill in the middle of record 3
+  sl_cai.generate_sl_data(model, constitution, red, [], out, SETTINGS, fp="fp")
+  assert "truncated last record" in caplog.text
+  got = out.read_text().splitlines(keepends=True)
+  assert got[:2] == lines[:2]  # earlier records untouched
+  assert sorted(r["id"] for r in _read(out)) == sorted(p.id for p in red)
+  with pytest.raises(ValueError, match="config fingerprint fp, but this run's is other"):
+    sl_cai.generate_sl_data(model, constitution, red, [], out, SETTINGS, fp="other")
+
+
+_CHILD = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    from test_sl_cai import SETTINGS, tiny_model
+    from cai_jax import constitution as C
+    from cai_jax.data import prompts as P, sl_cai
+    import dataclasses
+    con = C.load_constitution({base!r})
+    red = P.load_prompts("red_team", limit=16)
+    settings = dataclasses.replace(SETTINGS, batch_size=2)
+    sl_cai.generate_sl_data(tiny_model(), con, red, [], {out!r}, settings, fp="kill")
+""")
+
+
+def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path):
+  out = tmp_path / "killed.jsonl"
+  code = _CHILD.format(tests=str(REPO / "tests"), base=str(REPO / "constitutions/base.toml"),
+                       out=str(out))
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  child = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 120
+  while time.time() < deadline and child.poll() is None:
+    if out.exists() and out.read_bytes().count(b"\n") >= 2:
+      break
+    time.sleep(0.02)
+  child.send_signal(signal.SIGKILL)
+  child.wait()
+  before = out.read_bytes().count(b"\n")
+  assert 2 <= before < 16, f"the child was not killed mid-run ({before} records)"
+  done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr[-2000:]
+  ids = [r["id"] for r in _read(out)]
+  assert len(ids) == len(set(ids)) == 16
+  assert set(ids) == {p.id for p in P.load_prompts("red_team", limit=16)}
