@@ -86,6 +86,47 @@ def _generate() -> ConfigDict:
   return ConfigDict(dict(prompt="Hello! What can you do?"))
 
 
+def _ppo() -> ConfigDict:
+  # Stage `ppo` (cai_jax/train/ppo.py, ppo_stage.py). Paper values ([HH] §4.1): KL coef
+  # 0.001, clip 0.2, gamma 1, no entropy bonus, 1 epoch, answers <= 128 tokens. Not in
+  # the paper, our choices: lam 0.95, a separate critic initialised from the policy,
+  # rollouts of 16 answers in minibatches of 8 (see ppo.py's docstring).
+  return ConfigDict(dict(
+      policy="",  # "" = config.model as given (e.g. model.source = the SFT export); else an SFT workdir
+      reward="rm",  # rm (the trained reward model) | token_count (synthetic, for tests/smoke runs)
+      reward_model="",  # workdir of the `rm` stage (reward="rm")
+      reward_tokens="abcdefghijklmnopqrstuvwxyz",  # reward="token_count": every token of this text scores 1
+      prompts="red_team,helpful",  # comma-separated prompt specs (data/prompts.py)
+      num_steps=100,  # PPO iterations: one rollout batch + its updates each
+      rollout_batch_size=16,  # prompts per iteration (one answer each)
+      minibatch_size=8,  # rows per gradient step; must divide rollout_batch_size
+      epochs=1,  # passes over each rollout batch (paper: 1; 2-4 elsewhere)
+      sample_batch_size=16,  # rows per sampler call
+      max_prompt_len=256,  # prompts keep their last tokens
+      max_new_tokens=128,
+      gamma=1.0,
+      lam=0.95,  # GAE lambda
+      whiten_advantages=True,
+      clip_eps=0.2,
+      value_clip_eps=0.2,  # 0 = unclipped value loss
+      value_coef=0.5,
+      entropy_coef=0.0,
+      value_head="separate",  # separate (own trunk, copied from the policy) | shared (head on the policy trunk)
+      kl_coef=0.001,  # initial beta
+      kl_controller="fixed",  # fixed | adaptive (Ziegler et al. 2019)
+      kl_target=6.0,  # adaptive: target mean KL per answer, nats
+      kl_horizon=10_000,  # adaptive: samples over which beta may change by ~e^(+-0.2)
+      kl_in="reward",  # reward (per-token penalty folded into the rewards) | loss (kl_penalty loss)
+      kl_estimator="k3",  # kl_in="loss": k1 | k2 | k3
+      reward_norm="none",  # none | batch (whiten scores per rollout) | running (running mean/std)
+      reward_clip=0.0,  # clip normalised scores to +-x; 0 = off
+      lr=1e-6,  # small: the paper uses 0.01x the pre-training rate
+      grad_clip=1.0,
+      checkpoint_every=10,
+      keep=3,
+  ))
+
+
 def base_config() -> ConfigDict:
   """Every field, with its default. Sections are added here, one function each."""
   config = ConfigDict()
@@ -97,6 +138,7 @@ def base_config() -> ConfigDict:
   config.sampler = _sampler()
   config.sl_data = _sl_data()
   config.generate = _generate()
+  config.ppo = _ppo()
   return config
 
 
@@ -146,6 +188,28 @@ def _validate_mesh(c: ConfigDict) -> None:
   for k, v in c.items():
     if v != -1 and v < 1:
       raise ValueError(f"mesh.{k}: must be >= 1 or -1 (fill), got {v}")
+
+
+@validator("ppo")
+def _validate_ppo(c: ConfigDict) -> None:
+  choices = dict(reward=("rm", "token_count"), value_head=("separate", "shared"),
+                 kl_controller=("fixed", "adaptive"), kl_in=("reward", "loss"),
+                 kl_estimator=("k1", "k2", "k3"), reward_norm=("none", "batch", "running"))
+  for field, allowed in choices.items():
+    if c[field] not in allowed:
+      raise ValueError(f"ppo.{field}: {c[field]!r}; expected one of {allowed}")
+  for field in ("num_steps", "rollout_batch_size", "minibatch_size", "epochs", "sample_batch_size",
+                "max_prompt_len", "max_new_tokens", "kl_horizon"):
+    if c[field] <= 0:
+      raise ValueError(f"ppo.{field}: must be positive, got {c[field]}")
+  if c.rollout_batch_size % c.minibatch_size:
+    raise ValueError(f"ppo.minibatch_size: {c.minibatch_size} must divide rollout_batch_size "
+                     f"{c.rollout_batch_size}")
+  if not 0 <= c.gamma <= 1 or not 0 <= c.lam <= 1:
+    raise ValueError(f"ppo.gamma / ppo.lam: must be in [0, 1], got {c.gamma}, {c.lam}")
+  if c.kl_target <= 0 or c.kl_coef < 0 or c.clip_eps <= 0:
+    raise ValueError("ppo.kl_target / kl_coef / clip_eps: need kl_target > 0, kl_coef >= 0, "
+                     f"clip_eps > 0; got {c.kl_target}, {c.kl_coef}, {c.clip_eps}")
 
 
 def validate(config: ConfigDict) -> ConfigDict:
