@@ -33,6 +33,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from cai_jax import sharding
+from cai_jax.models import decode
 from cai_jax.models.transformer import KVCache
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ class DecodeState:
   tokens: jax.Array  # [B, N] int32
   logprobs: jax.Array  # [B, N] float32
   lengths: jax.Array  # [B] int32
-  cache: KVCache
+  cache: list  # per layer (k, v), each [B, S, K, H] (models/decode.py)
 
 
 def _record(s: DecodeState, tok, logp, stop_table, max_lengths, pad_id) -> DecodeState:
@@ -130,10 +131,14 @@ def _record(s: DecodeState, tok, logp, stop_table, max_lengths, pad_id) -> Decod
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "n_new", "greedy", "top_k", "use_top_p",
                                              "cache_sharding"))
-def _generate_core(graphdef, params, prompts, prompt_lengths, row_keys, max_lengths, stop_table,
-                   temperature, top_p, pad_id, *, n_new: int, greedy: bool, top_k: int,
+def _generate_core(graphdef, params, layer_weights, prompts, prompt_lengths, row_keys, max_lengths,
+                   stop_table, temperature, top_p, pad_id, *, n_new: int, greedy: bool, top_k: int,
                    use_top_p: bool, cache_sharding: NamedSharding | None):
-  """prompts [B, T] right-padded; prompt_lengths, max_lengths [B]; stop_table [B, M] (-1 = none)."""
+  """prompts [B, T] right-padded; prompt_lengths, max_lengths [B]; stop_table [B, M] (-1 = none).
+
+  The prefill runs the Transformer itself; the decode loop runs `decode.decode_step`
+  over `layer_weights` (the same params, split per layer; see models/decode.py).
+  """
   model = nnx.merge(graphdef, params)
   B, T = prompts.shape
   cache = KVCache.zeros(model.cfg, B, T + n_new)
@@ -150,7 +155,7 @@ def _generate_core(graphdef, params, prompts, prompt_lengths, row_keys, max_leng
   state = DecodeState(step=jnp.zeros((), jnp.int32), last=jnp.zeros((B,), jnp.int32),
                       done=jnp.zeros((B,), bool), tokens=jnp.full((B, n_new), pad_id, jnp.int32),
                       logprobs=jnp.zeros((B, n_new), jnp.float32),
-                      lengths=jnp.zeros((B,), jnp.int32), cache=cache)
+                      lengths=jnp.zeros((B,), jnp.int32), cache=decode.unstack_cache(cache))
   state = record(state, *select(logits, step=0))
 
   def cond(s: DecodeState):
@@ -159,8 +164,8 @@ def _generate_core(graphdef, params, prompts, prompt_lengths, row_keys, max_leng
   def body(s: DecodeState) -> DecodeState:
     # The token generated at step t-1 sits at position len_b + t - 1.
     pos = prompt_lengths + s.step - 1
-    logits, cache = nnx.merge(graphdef, params)(s.last[:, None], pos[:, None], s.cache)
-    return record(s.replace(cache=cache), *select(logits[:, 0], step=s.step))
+    logits, cache = decode.decode_step(model.cfg, layer_weights, s.last, pos, s.cache)
+    return record(s.replace(cache=cache), *select(logits, step=s.step))
 
   state = jax.lax.while_loop(cond, body, state)
   return state.tokens, state.logprobs, state.lengths
@@ -198,6 +203,18 @@ def _sample_shardings(graphdef, params, mesh: Mesh | None):
                                   (1, _data_shards(mesh), 1, abstract.cfg.n_kv_heads, 1), mesh,
                                   sharding.SAMPLE_RULES)
   return params, NamedSharding(mesh, spec)
+
+
+_UNSTACKED: list = []  # [(params, unstacked)]: the last params split per layer
+
+
+def _unstacked(params):
+  """decode.unstack_params(params), reused while the same params are passed again."""
+  if _UNSTACKED and _UNSTACKED[0][0] is params:
+    return _UNSTACKED[0][1]
+  split = decode.unstack_params(params)
+  _UNSTACKED[:] = [(params, split)]
+  return split
 
 
 def _data_shards(mesh: Mesh | None) -> int:
@@ -243,6 +260,7 @@ def generate(graphdef, params, prompts: Sequence[Sequence[int]], *, rng: jax.Arr
     return out
 
   params, cache_sharding = _sample_shardings(graphdef, params, mesh)
+  layer_weights = _unstacked(params)
   shards = _data_shards(mesh)
   order = sorted(range(n), key=lambda i: -len(prompts[i]))  # similar lengths share a bucket
   chunks = [order[i:i + batch_size] for i in range(0, n, batch_size)]
@@ -267,7 +285,7 @@ def generate(graphdef, params, prompts: Sequence[Sequence[int]], *, rng: jax.Arr
       batch = sharding.shard_batch(batch, mesh, "sample")
       keys = jax.device_put(keys, sharding.batch_sharding(mesh, keys.ndim, "sample"))
     toks, lps, lens = _generate_core(
-        graphdef, params, batch["tokens"], batch["lengths"], keys, batch["limits"], batch["table"],
+        graphdef, params, layer_weights, batch["tokens"], batch["lengths"], keys, batch["limits"], batch["table"],
         jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p), jnp.int32(pad_id), n_new=N,
         greedy=temperature == 0, top_k=int(top_k), use_top_p=top_p < 1.0,
         cache_sharding=cache_sharding)

@@ -153,3 +153,21 @@ def test_bad_arguments_are_rejected(tiny):
     sampling.generate(graphdef, params, [[1], []], rng=jax.random.key(0), max_new_tokens=2)
   with pytest.raises(ValueError, match="top_p"):
     sampling.generate(graphdef, params, [[1]], rng=jax.random.key(0), max_new_tokens=2, top_p=0)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_decode_step_logits_match_the_transformer_full_forward(tied):
+  from cai_jax.models import KVCache, decode, get_model_config
+  cfg = get_model_config("tiny").replace(tie_embeddings=tied)
+  model = Transformer(cfg, rngs=nnx.Rngs(2))
+  params = nnx.to_pure_dict(nnx.split(model)[1])
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (3, 10)), jnp.int32)
+  lengths = jnp.asarray([4, 7, 5])  # ragged prompts, right-padded
+  full, _ = model(tokens, jnp.broadcast_to(jnp.arange(10), (3, 10)))  # [B, T, V]
+  cache = KVCache.zeros(cfg, 3, 16)
+  _, cache = model(tokens[:, :7], jnp.broadcast_to(jnp.arange(7), (3, 7)), cache)  # prefill
+  layer_cache, weights = decode.unstack_cache(cache), decode.unstack_params(params)
+  for step in range(3):  # feed each row's true next token at its own position
+    pos = lengths + step
+    logits, layer_cache = decode.decode_step(cfg, weights, tokens[jnp.arange(3), pos], pos, layer_cache)
+    np.testing.assert_allclose(logits, full[jnp.arange(3), pos], atol=1e-5)
