@@ -72,15 +72,33 @@ def top_k_mask(logits: jax.Array, k: int) -> jax.Array:
   return jnp.where(logits >= kth, logits, -jnp.inf)
 
 
-def top_p_mask(logits: jax.Array, p: jax.Array | float) -> jax.Array:
-  """Nucleus filter: keeps, in order of decreasing probability, every token whose
-  higher-ranked tokens together hold less than p of the mass (so the top token
-  always survives); the rest -> -inf. logits [B, V]."""
-  ordered = jnp.sort(logits, axis=-1)[..., ::-1]  # [B, V] descending
-  probs = jax.nn.softmax(ordered, axis=-1)
-  mass_before = jnp.cumsum(probs, axis=-1) - probs
-  n_keep = jnp.maximum(jnp.sum(mass_before < p, axis=-1, keepdims=True), 1)  # [B, 1]
-  threshold = jnp.take_along_axis(ordered, n_keep - 1, axis=-1)
+def top_p_mask(logits: jax.Array, p: jax.Array | float, iters: int = 64) -> jax.Array:
+  """Nucleus filter: keeps every token whose strictly more likely tokens together
+  hold less than p of the probability (so the top token always survives); the
+  rest -> -inf. logits [B, V].
+
+  Found by bisection on a logit threshold instead of a full sort of the
+  vocabulary (sorting [B, 49152] every step is very slow on CPU): the kept set
+  is {x >= t} for the smallest t whose strictly-higher mass is < p; 64 halvings
+  of the logit range reach adjacent float32 values.
+  """
+  probs = jax.nn.softmax(logits, axis=-1)
+  lo = jnp.min(logits, axis=-1, keepdims=True)  # mass above lo >= p (unless everything ties)
+  hi = jnp.max(logits, axis=-1, keepdims=True)  # mass above hi = 0 < p
+
+  def mass_above(t):
+    return jnp.sum(jnp.where(logits > t, probs, 0.0), axis=-1, keepdims=True)
+
+  def halve(_, bounds):
+    lo, hi = bounds
+    mid = lo + (hi - lo) / 2
+    below = mass_above(mid) < p  # mid is a valid threshold: move hi down
+    return jnp.where(below, lo, mid), jnp.where(below, mid, hi)
+
+  lo, hi = jax.lax.fori_loop(0, iters, halve, (lo, hi))
+  # The smallest logit >= hi whose strictly-higher mass is < p; tokens at or above it stay.
+  threshold = jnp.min(jnp.where(logits >= hi, logits, jnp.inf), axis=-1, keepdims=True)
+  threshold = jnp.where(mass_above(lo) < p, lo, threshold)
   return jnp.where(logits >= threshold, logits, -jnp.inf)
 
 
@@ -114,7 +132,7 @@ class DecodeState:
   tokens: jax.Array  # [B, N] int32
   logprobs: jax.Array  # [B, N] float32
   lengths: jax.Array  # [B] int32
-  cache: list  # per layer (k, v), each [B, S, K, H] (models/decode.py)
+  cache: list  # per layer (keys [B, K, H, S], values [B, K, S, H]) (models/decode.py)
 
 
 def _record(s: DecodeState, tok, logp, stop_table, max_lengths, pad_id) -> DecodeState:
@@ -141,7 +159,7 @@ def _generate_core(graphdef, params, layer_weights, prompts, prompt_lengths, row
   """
   model = nnx.merge(graphdef, params)
   B, T = prompts.shape
-  cache = KVCache.zeros(model.cfg, B, T + n_new)
+  cache = KVCache.zeros(model.cfg, B, T)
   if cache_sharding is not None:
     cache = jax.lax.with_sharding_constraint(cache, KVCache(cache_sharding, cache_sharding))
   positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
@@ -155,16 +173,18 @@ def _generate_core(graphdef, params, layer_weights, prompts, prompt_lengths, row
   state = DecodeState(step=jnp.zeros((), jnp.int32), last=jnp.zeros((B,), jnp.int32),
                       done=jnp.zeros((B,), bool), tokens=jnp.full((B, n_new), pad_id, jnp.int32),
                       logprobs=jnp.zeros((B, n_new), jnp.float32),
-                      lengths=jnp.zeros((B,), jnp.int32), cache=decode.unstack_cache(cache))
+                      lengths=jnp.zeros((B,), jnp.int32), cache=decode.cache_from_prefill(cache, n_new))
   state = record(state, *select(logits, step=0))
 
   def cond(s: DecodeState):
     return (s.step < n_new) & ~jnp.all(s.done)
 
   def body(s: DecodeState) -> DecodeState:
-    # The token generated at step t-1 sits at position len_b + t - 1.
-    pos = prompt_lengths + s.step - 1
-    logits, cache = decode.decode_step(model.cfg, layer_weights, s.last, pos, s.cache)
+    # The token generated at step t-1 has position len_b + t - 1 and goes to slot T + t - 1.
+    slot = T + s.step - 1
+    visible = decode.visible_slots(prompt_lengths, T, slot - T, T + n_new)
+    logits, cache = decode.decode_step(model.cfg, layer_weights, s.last, prompt_lengths + s.step - 1,
+                                       s.cache, slot, visible)
     return record(s.replace(cache=cache), *select(logits, step=s.step))
 
   state = jax.lax.while_loop(cond, body, state)

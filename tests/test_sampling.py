@@ -164,10 +164,12 @@ def test_decode_step_logits_match_the_transformer_full_forward(tied):
   tokens = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (3, 10)), jnp.int32)
   lengths = jnp.asarray([4, 7, 5])  # ragged prompts, right-padded
   full, _ = model(tokens, jnp.broadcast_to(jnp.arange(10), (3, 10)))  # [B, T, V]
-  cache = KVCache.zeros(cfg, 3, 16)
-  _, cache = model(tokens[:, :7], jnp.broadcast_to(jnp.arange(7), (3, 7)), cache)  # prefill
-  layer_cache, weights = decode.unstack_cache(cache), decode.unstack_params(params)
-  for step in range(3):  # feed each row's true next token at its own position
+  cache = KVCache.zeros(cfg, 3, 7)
+  _, cache = model(tokens[:, :7], jnp.broadcast_to(jnp.arange(7), (3, 7)), cache)  # prefill, width 7
+  layer_cache, weights = decode.cache_from_prefill(cache, 3), decode.unstack_params(params)
+  for step in range(3):  # each row continues with its true next token, at its own position
     pos = lengths + step
-    logits, layer_cache = decode.decode_step(cfg, weights, tokens[jnp.arange(3), pos], pos, layer_cache)
+    visible = decode.visible_slots(lengths, 7, jnp.int32(step), 10)
+    logits, layer_cache = decode.decode_step(cfg, weights, tokens[jnp.arange(3), pos], pos,
+                                             layer_cache, jnp.int32(7 + step), visible)
     np.testing.assert_allclose(logits, full[jnp.arange(3), pos], atol=1e-5)
