@@ -234,16 +234,21 @@ def _sample_shardings(graphdef, params, mesh: Mesh | None):
   return params, NamedSharding(mesh, spec)
 
 
-_UNSTACKED: list = []  # [(params, unstacked)]: the last params split per layer
+# The last (params, mesh) prepared for decoding and the result: resharded params,
+# their per-layer decode copy and the cache sharding. Sampling the same params
+# again (data generation, evals) reuses it; new params (PPO) replace it. While
+# cached, one extra copy of the weights is alive.
+_PREPARED: list = []
 
 
-def _unstacked(params):
-  """decode.unstack_params(params), reused while the same params are passed again."""
-  if _UNSTACKED and _UNSTACKED[0][0] is params:
-    return _UNSTACKED[0][1]
-  split = decode.unstack_params(params)
-  _UNSTACKED[:] = [(params, split)]
-  return split
+def _prepare(graphdef, params, mesh: Mesh | None):
+  """(params on the mesh, decode weights, cache sharding), reused for the same params."""
+  if _PREPARED and _PREPARED[0][0] is params and _PREPARED[0][1] is mesh:
+    return _PREPARED[0][2]
+  placed, cache_sharding = _sample_shardings(graphdef, params, mesh)
+  prepared = (placed, decode.unstack_params(placed), cache_sharding)
+  _PREPARED[:] = [(params, mesh, prepared)]
+  return prepared
 
 
 def _data_shards(mesh: Mesh | None) -> int:
@@ -288,8 +293,7 @@ def generate(graphdef, params, prompts: Sequence[Sequence[int]], *, rng: jax.Arr
   if n == 0:
     return out
 
-  params, cache_sharding = _sample_shardings(graphdef, params, mesh)
-  layer_weights = _unstacked(params)
+  params, layer_weights, cache_sharding = _prepare(graphdef, params, mesh)
   shards = _data_shards(mesh)
   order = sorted(range(n), key=lambda i: -len(prompts[i]))  # similar lengths share a bucket
   chunks = [order[i:i + batch_size] for i in range(0, n, batch_size)]

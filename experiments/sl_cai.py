@@ -1,7 +1,7 @@
 """SL-CAI data with the embedded SmolLM2-135M-Instruct: answer, then critique -> revision rounds.
 
   python -m cai_jax sl-data --config experiments/sl_cai.py
-  python -m cai_jax sl-data --config experiments/sl_cai.py:quick     # 3 prompts, 1 round, CPU-friendly
+  python -m cai_jax sl-data --config experiments/sl_cai.py:quick     # 3 prompts, 1 round, T 0.7, CPU
   python -m cai_jax sl-data --config experiments/sl_cai.py --config.sl_data.mode=direct \
       --config.sl_data.out=sl_cai_direct.jsonl                         # ablation: revise without critique
 
@@ -24,6 +24,7 @@ def get_config(arg: str | None = None):
   if arg == "quick":
     config.workdir = "runs/sl_cai_quick"
     config.sampler.max_new_tokens = 96
+    config.sampler.temperature = 0.7  # at T = 1 the 135M model's text falls apart into word salad
     config.sl_data.n_prompts = 3
     config.sl_data.n_helpful = 0
     config.sl_data.n_rounds = 1
