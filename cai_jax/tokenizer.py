@@ -211,14 +211,32 @@ class HFTokenizer:
     }, indent=2) + "\n")
 
 
+def _byte_level_pre_tokenizer(pre: str | None):
+  """The split a GGUF's `tokenizer.ggml.pre` names, followed by byte-level mapping."""
+  from tokenizers import Regex, pre_tokenizers
+  byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+  if pre in ("smollm", "starcoder", "refact"):  # digits one by one, then GPT-2's split
+    return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+  if pre in ("llama-bpe", "llama3", "llama-v3", "smaug-bpe", "dbrx"):
+    split = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+             r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+    return pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(split), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+  if pre in (None, "default", "gpt-2", "gpt2"):
+    return byte_level
+  raise ValueError(f"tokenizer: GGUF pre-tokenizer {pre!r} is not supported; supported: smollm, "
+                   "starcoder, refact, llama-bpe (llama3), gpt-2 / default")
+
+
 def bpe_from_gguf_metadata(meta: dict) -> HFTokenizer:
   """Byte-level BPE (llama.cpp's "gpt2" tokenizer model) from GGUF tokenizer.ggml.* keys.
 
-  Pre-tokenizer: every digit on its own, then the byte-level split without a
-  prefix space; byte-level decoder; tokens of type 3 ("control") and 4
+  Pre-tokenizer by `tokenizer.ggml.pre` (SmolLM2's "smollm": every digit on its
+  own, then the byte-level split without a prefix space); byte-level decoder; tokens of type 3 ("control") and 4
   ("user defined") are added as special tokens so they match as wholes.
   """
-  from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+  from tokenizers import AddedToken, Tokenizer, decoders, models
 
   kind = meta.get("tokenizer.ggml.model")
   if kind != "gpt2":
@@ -232,9 +250,7 @@ def bpe_from_gguf_metadata(meta: dict) -> HFTokenizer:
   merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
   vocab = {t: i for i, t in enumerate(tokens)}
   tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
-  tok.pre_tokenizer = pre_tokenizers.Sequence([
-      pre_tokenizers.Digits(individual_digits=True),
-      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+  tok.pre_tokenizer = _byte_level_pre_tokenizer(meta.get("tokenizer.ggml.pre"))
   tok.decoder = decoders.ByteLevel()
   special = [AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty in (3, 4)]
   tok.add_special_tokens(special)
@@ -360,237 +376,6 @@ def load_tokenizer(spec_or_path, gguf_metadata: dict | None = None) -> Tokenizer
     from cai_jax.weights import read_gguf_metadata
     return bpe_from_gguf_metadata(read_gguf_metadata(path))
   raise ValueError(f"tokenizer {spec!r}: unknown kind (expected .json, .model or .gguf)")
-
-
-# ----------------------------------------------------------------------------- real back ends
-
-# Specials that end a turn or a document in the families we load; present ones become stop ids.
-_END_MARKERS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<|end|>",
-                "<end_of_turn>", "</s>")
-_GGUF_CONTROL = 3  # llama.cpp token_type of control tokens
-
-
-def _special_ids(eos: int | None, bos: int | None, pad: int | None,
-                 token_to_id) -> tuple[int, int, tuple[int, ...]]:
-  """(eos, pad, stop ids) from a file's declared ids and the end markers in its vocabulary.
-
-  Some GGUFs (SmolLM2's among them) declare eos = bos = <|im_start|>; an eos that
-  equals bos is ignored and the end markers decide.
-  """
-  markers = [i for i in (token_to_id(t) for t in _END_MARKERS) if i is not None]
-  if eos is None or eos == bos:
-    if not markers:
-      raise ValueError("tokenizer: no usable end-of-sequence token (declared eos equals bos, and "
-                       f"none of {_END_MARKERS} is in the vocabulary)")
-    eos = markers[0]
-  if pad is None or pad == bos:
-    eot = token_to_id("<|endoftext|>")
-    pad = eot if eot is not None else eos
-  return eos, pad, tuple(sorted({eos, *markers}))
-
-
-class HFTokenizer:
-  """Byte-level BPE (or any `tokenizers.Tokenizer`) behind the Tokenizer protocol."""
-
-  def __init__(self, backend, *, eos_id: int | None = None, bos_id: int | None = None,
-               pad_id: int | None = None, chat_template: str | None = None):
-    self.backend = backend  # tokenizers.Tokenizer
-    self.chat_template = chat_template  # the file's Jinja template, if any (for export)
-    self._eos, self._pad, self._stops = _special_ids(eos_id, bos_id, pad_id, self.token_to_id)
-
-  @property
-  def vocab_size(self) -> int:
-    return self.backend.get_vocab_size(with_added_tokens=True)
-
-  @property
-  def eos_id(self) -> int:
-    return self._eos
-
-  @property
-  def pad_id(self) -> int:
-    return self._pad
-
-  @property
-  def stop_ids(self) -> tuple[int, ...]:
-    return self._stops
-
-  def encode(self, text: str) -> list[int]:
-    return self.backend.encode(text, add_special_tokens=False).ids
-
-  def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
-    return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special)
-
-  def token_to_id(self, token: str) -> int | None:
-    return self.backend.token_to_id(token)
-
-  def save_hf(self, out_dir) -> None:
-    """tokenizer.json + tokenizer_config.json that transformers' AutoTokenizer reads."""
-    import json
-    import pathlib
-    out = pathlib.Path(out_dir)
-    self.backend.save(str(out / "tokenizer.json"))
-    inv = lambda i: self.backend.id_to_token(i)  # noqa: E731
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": inv(self.eos_id),
-              "pad_token": inv(self.pad_id), "add_bos_token": False, "add_prefix_space": False,
-              "model_max_length": 8192}
-    if self.chat_template:
-      config["chat_template"] = self.chat_template
-    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-
-
-def _byte_level_pre_tokenizer(pre: str | None):
-  """The split a GGUF's `tokenizer.ggml.pre` names, followed by byte-level mapping."""
-  from tokenizers import Regex, pre_tokenizers
-  byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-  if pre in ("smollm", "starcoder", "refact"):  # digits one by one, then GPT-2's split
-    return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-  if pre in ("llama-bpe", "llama3", "llama-v3", "smaug-bpe", "dbrx"):
-    split = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-             r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-    return pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(split), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-  if pre in (None, "default", "gpt-2", "gpt2"):
-    return byte_level
-  raise ValueError(f"tokenizer: GGUF pre-tokenizer {pre!r} is not supported; supported: smollm, "
-                   "starcoder, refact, llama-bpe (llama3), gpt-2 / default")
-
-
-def bpe_from_gguf_metadata(meta: dict) -> HFTokenizer:
-  """Byte-level BPE from a GGUF's tokenizer.ggml.* fields (vocab, merges, token types)."""
-  from tokenizers import AddedToken, Tokenizer, decoders, models
-  kind = meta.get("tokenizer.ggml.model")
-  if kind != "gpt2":
-    raise ValueError(f"tokenizer: GGUF tokenizer model {kind!r} is not supported here (byte-level "
-                     "BPE 'gpt2' only; for SentencePiece models pass the .model file)")
-  tokens = list(meta["tokenizer.ggml.tokens"])
-  merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
-  types = list(meta.get("tokenizer.ggml.token_type") or [1] * len(tokens))
-  backend = Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, merges, fuse_unk=False))
-  backend.pre_tokenizer = _byte_level_pre_tokenizer(meta.get("tokenizer.ggml.pre"))
-  backend.decoder = decoders.ByteLevel()
-  backend.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                              for t, k in zip(tokens, types) if k == _GGUF_CONTROL])
-  get = lambda k: None if meta.get(k) is None else int(meta[k])  # noqa: E731
-  return HFTokenizer(backend, eos_id=get("tokenizer.ggml.eos_token_id"),
-                     bos_id=get("tokenizer.ggml.bos_token_id"),
-                     pad_id=get("tokenizer.ggml.padding_token_id"),
-                     chat_template=meta.get("tokenizer.chat_template"))
-
-
-def bpe_from_tokenizer_json(path) -> HFTokenizer:
-  """A HF tokenizer.json (with tokenizer_config.json beside it, when present, for eos/pad)."""
-  import json
-  import pathlib
-  from tokenizers import Tokenizer
-  path = pathlib.Path(path)
-  backend = Tokenizer.from_file(str(path))
-  config_path = path.with_name("tokenizer_config.json")
-  config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-
-  def token_id(key):
-    tok = config.get(key)
-    tok = tok.get("content") if isinstance(tok, dict) else tok
-    return None if tok is None else backend.token_to_id(tok)
-  return HFTokenizer(backend, eos_id=token_id("eos_token"), bos_id=token_id("bos_token"),
-                     pad_id=token_id("pad_token"), chat_template=config.get("chat_template"))
-
-
-class SentencePieceTokenizer:
-  """A SentencePiece `.model` behind the Tokenizer protocol (control pieces are specials)."""
-
-  def __init__(self, path):
-    import sentencepiece as spm
-    self.sp = spm.SentencePieceProcessor(model_file=str(path))
-    n = self.sp.get_piece_size()
-    self._specials = {self.sp.id_to_piece(i): i for i in range(n)
-                      if self.sp.is_control(i) or self.sp.is_unknown(i) or self.sp.is_user_defined(i)}
-    self._control = {i for i in range(n) if self.sp.is_control(i) or self.sp.is_unknown(i)}
-    eos = self.sp.eos_id() if self.sp.eos_id() >= 0 else None
-    bos = self.sp.bos_id() if self.sp.bos_id() >= 0 else None
-    pad = self.sp.pad_id() if self.sp.pad_id() >= 0 else None
-    self._eos, self._pad, self._stops = _special_ids(eos, bos, pad, self.token_to_id)
-
-  @property
-  def vocab_size(self) -> int:
-    return self.sp.get_piece_size()
-
-  @property
-  def eos_id(self) -> int:
-    return self._eos
-
-  @property
-  def pad_id(self) -> int:
-    return self._pad
-
-  @property
-  def stop_ids(self) -> tuple[int, ...]:
-    return self._stops
-
-  def encode(self, text: str) -> list[int]:
-    """Special-piece strings in the text become their ids; the rest goes through SentencePiece."""
-    import re
-    specials = [s for s in self._specials if s and self.sp.is_control(self._specials[s])]
-    if not specials:
-      return self.sp.encode(text)
-    ids: list[int] = []
-    for part in re.split("(" + "|".join(map(re.escape, sorted(specials, key=len, reverse=True))) + ")", text):
-      if part in self._specials:
-        ids.append(self._specials[part])
-      elif part:
-        ids.extend(self.sp.encode(part))
-    return ids
-
-  def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
-    out, run = [], []
-    for i in map(int, ids):
-      if i in self._control:
-        out.append(self.sp.decode(run))
-        run = []
-        if not skip_special:
-          out.append(self.sp.id_to_piece(i))
-      else:
-        run.append(i)
-    out.append(self.sp.decode(run))
-    return "".join(out)
-
-  def token_to_id(self, token: str) -> int | None:
-    i = self.sp.piece_to_id(token)
-    return None if i == self.sp.unk_id() and token != self.sp.id_to_piece(i) else i
-
-
-def load_tokenizer(spec_or_path, gguf_metadata: dict | None = None) -> Tokenizer:
-  """A tokenizer from a spec or a file.
-
-  "bytes" -> ByteTokenizer; a .gguf file (or `gguf_metadata`, its header as
-  read by `weights.read_gguf_metadata`) -> byte-level BPE; a tokenizer.json (or
-  a directory holding one) -> BPE via `tokenizers`; a SentencePiece `.model`
-  (or a directory holding tokenizer.model) -> SentencePiece.
-  """
-  import pathlib
-  if gguf_metadata is not None:
-    return bpe_from_gguf_metadata(gguf_metadata)
-  if spec_or_path == "bytes":
-    return ByteTokenizer()
-  path = pathlib.Path(spec_or_path)
-  if path.is_dir():
-    for name in ("tokenizer.json", "tokenizer.model"):
-      if (path / name).is_file():
-        path = path / name
-        break
-    else:
-      raise FileNotFoundError(f"{path}: no tokenizer.json or tokenizer.model in this directory")
-  if not path.is_file():
-    raise FileNotFoundError(f"tokenizer {spec_or_path!r}: not 'bytes' and no such file")
-  if path.suffix == ".gguf":
-    from cai_jax.weights import read_gguf_metadata
-    return bpe_from_gguf_metadata(read_gguf_metadata(path))
-  if path.suffix == ".json":
-    return bpe_from_tokenizer_json(path)
-  if path.suffix == ".model":
-    return SentencePieceTokenizer(path)
-  raise ValueError(f"tokenizer {path}: unknown kind (expected .gguf, tokenizer.json or a "
-                   "SentencePiece .model)")
 
 
 def default_system_prompt(jinja_template: str | None) -> str | None:
