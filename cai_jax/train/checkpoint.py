@@ -1,0 +1,86 @@
+"""Checkpoints: orbax CheckpointManager over a TrainState plus a JSON `extra`.
+
+A checkpoint holds params, optimizer state, RNG key (as raw key data), step,
+and `extra` (JSON: the data iterator's state, host-side counters). Saves are
+asynchronous (the step loop goes on while files are written) and only the
+newest `keep` are kept. Restoring takes target shardings, so a run saved on
+one mesh resumes on another. A latest checkpoint that cannot be read (torn
+write, corrupted file) is skipped with a warning and the one before is used.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from cai_jax.train.state import TrainState
+
+log = logging.getLogger(__name__)
+
+
+def _raw_rng(state: TrainState) -> TrainState:
+  rng = state.rng
+  if isinstance(rng, jax.Array) and jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    return state.replace(rng=jax.random.key_data(rng))
+  if isinstance(rng, jax.ShapeDtypeStruct) and jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    return state.replace(rng=jax.eval_shape(jax.random.key_data, rng))
+  return state
+
+
+class Checkpointer:
+  """Saves / restores TrainStates under `directory` (one sub-directory per step)."""
+
+  def __init__(self, directory: str | pathlib.Path, keep: int = 3, async_save: bool = True):
+    self.directory = pathlib.Path(directory).absolute()
+    self._mgr = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
+                                             create=True))
+
+  def save(self, step: int, state: TrainState, extra: dict | None = None) -> None:
+    """Starts saving `state` (+ JSON-serialisable `extra`) as checkpoint `step`."""
+    self._mgr.save(int(step), args=ocp.args.Composite(
+        state=ocp.args.StandardSave(_raw_rng(state)), extra=ocp.args.JsonSave(extra or {})), force=True)
+
+  def wait(self) -> None:
+    """Blocks until pending asynchronous saves are on disk."""
+    self._mgr.wait_until_finished()
+
+  def close(self) -> None:
+    self._mgr.wait_until_finished()
+    self._mgr.close()
+
+  def all_steps(self) -> list[int]:
+    self._mgr.reload()
+    return sorted(self._mgr.all_steps())
+
+  def restore(self, step: int, abstract_state: TrainState, shardings: Any) -> tuple[TrainState, dict]:
+    """Checkpoint `step` placed on `shardings` (pytree of NamedShardings matching the state)."""
+    target = _raw_rng(abstract_state)
+    # The RNG's (replicated) sharding applies unchanged to its raw key data.
+    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          target, shardings)
+    out = self._mgr.restore(int(step), args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), extra=ocp.args.JsonRestore()))
+    state = out["state"]
+    if jax.dtypes.issubdtype(abstract_state.rng.dtype, jax.dtypes.prng_key):
+      state = state.replace(rng=jax.random.wrap_key_data(state.rng))
+    return state, dict(out["extra"] or {})
+
+  def restore_latest(self, abstract_state: TrainState, shardings: Any) -> tuple[TrainState, dict] | None:
+    """(state, extra) of the newest readable checkpoint, or None when there is none.
+
+    An unreadable checkpoint is reported (warning) and the previous one tried.
+    """
+    for step in reversed(self.all_steps()):
+      try:
+        return self.restore(step, abstract_state, shardings)
+      except Exception as e:  # noqa: BLE001 - any read failure means "this one is damaged"
+        log.warning("checkpoint %s/%d is unreadable (%s: %s); falling back to the previous one",
+                    self.directory, step, type(e).__name__, str(e).splitlines()[0][:200])
+    return None
+

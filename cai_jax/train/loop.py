@@ -1,0 +1,196 @@
+"""The shared training loop (SFT, reward model, PPO).
+
+    state = run_loop(state=..., step_fn=..., batches=..., num_steps=..., workdir=..., checkpointer=...)
+
+`step_fn(state, batch) -> (state, metrics)` is the stage's jitted pure step.
+The loop runs it until `state.step == num_steps`, and around it:
+  * appends {"step", "stage", **metrics} to `workdir/metrics.jsonl` and writes
+    TensorBoard event files under `workdir/tb` (tensorboardX);
+  * logs progress lines with tokens/s and an ETA;
+  * runs `eval_fn(state) -> metrics` every `eval_every` steps ("eval/" prefix);
+  * stops with `NonFiniteError` on a NaN/inf metric *before* saving, so the last
+    good checkpoint stays the newest one on disk;
+  * calls hooks every `hook.every` steps; a hook may return a HookResult asking
+    to pause (checkpoint, write `workdir/ALERT.txt`, return) or stop;
+  * saves a checkpoint (state + `data_state_fn()` as JSON) every `save_every`
+    steps and at the end.
+Resuming is the caller's `checkpointer.restore_latest(...)` before the call
+(`restore_or_keep` does it); the loop continues from `state.step`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import pathlib
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+import jax
+import numpy as np
+
+from cai_jax.train.checkpoint import Checkpointer
+from cai_jax.train.state import TrainState
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(FloatingPointError):
+  """A step produced a NaN/inf metric; the offending state was not saved."""
+
+
+@dataclasses.dataclass(frozen=True)
+class HookResult:
+  """What a hook asks of the loop: "continue", "pause" (checkpoint and return) or "stop"."""
+
+  action: str = "continue"
+  message: str = ""
+  metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    if self.action not in ("continue", "pause", "stop"):
+      raise ValueError(f"HookResult.action: {self.action!r}; expected continue, pause or stop")
+
+
+class Hook(Protocol):
+  """Called every `every` steps after the step; returns None or a HookResult."""
+
+  every: int
+
+  def __call__(self, step: int, state: TrainState, metrics: Mapping[str, float]) -> HookResult | None:
+    ...
+
+
+def restore_or_keep(checkpointer: Checkpointer, state: TrainState,
+                    shardings: Any) -> tuple[TrainState, dict | None]:
+  """(latest checkpoint placed on `shardings`, its extra) if any, else (state, None)."""
+  restored = checkpointer.restore_latest(jax.tree.map(_abstract, state), shardings)
+  if restored is None:
+    return state, None
+  log.info("resuming from %s at step %d", checkpointer.directory, int(restored[0].step))
+  return restored
+
+
+def _abstract(x):
+  return jax.ShapeDtypeStruct(x.shape, x.dtype) if hasattr(x, "shape") else x
+
+
+class MetricsWriter:
+  """metrics.jsonl (one JSON object per line) + TensorBoard scalars."""
+
+  def __init__(self, workdir: pathlib.Path, stage: str):
+    self.stage = stage
+    self._jsonl = (workdir / "metrics.jsonl").open("a")
+    try:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(str(workdir / "tb"))
+    except ImportError:  # TensorBoard is optional; the JSONL is the record
+      self._tb = None
+
+  def write(self, step: int, metrics: Mapping[str, float]) -> None:
+    self._jsonl.write(json.dumps({"step": step, "stage": self.stage, **metrics}) + "\n")
+    self._jsonl.flush()
+    if self._tb is not None:
+      for k, v in metrics.items():
+        self._tb.add_scalar(f"{self.stage}/{k}", v, step)
+
+  def close(self) -> None:
+    self._jsonl.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _to_floats(metrics: Mapping[str, Any]) -> dict[str, float]:
+  host = jax.device_get(dict(metrics))
+  return {k: float(np.asarray(v)) for k, v in host.items()}
+
+
+def _check_finite(step: int, stage: str, metrics: Mapping[str, float], last_saved: int | None) -> None:
+  bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+  if bad:
+    raise NonFiniteError(
+        f"{stage} step {step}: non-finite metrics {bad}; stopping without saving this state. "
+        f"The last good checkpoint is step {last_saved} (resume from it, e.g. with a lower "
+        "learning rate or after checking the data of this step).")
+
+
+def _eta(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def run_loop(*, state: TrainState, step_fn: Callable, batches: Iterable, num_steps: int,
+             workdir: str | pathlib.Path, checkpointer: Checkpointer | None,
+             data_state_fn: Callable[[], dict] | None = None,
+             eval_fn: Callable[[TrainState], Mapping[str, Any]] | None = None, eval_every: int = 0,
+             hooks: Sequence[Hook] = (), log_every: int = 1,
+             tokens_in_batch: int | Callable[[Any], int] | None = None, save_every: int = 0,
+             stage: str = "train") -> TrainState:
+  """Runs `step_fn` from `state.step` up to `num_steps`; returns the final state (see module doc)."""
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  writer = MetricsWriter(workdir, stage)
+  batches = iter(batches)
+  step = int(state.step)
+  start_step, t_start = step, time.perf_counter()
+  window_tokens, window_t = 0, time.perf_counter()
+  last_saved = checkpointer.all_steps()[-1] if checkpointer and checkpointer.all_steps() else None
+
+  def save(at: int) -> None:
+    nonlocal last_saved
+    if checkpointer is not None and at != last_saved:
+      checkpointer.save(at, state, data_state_fn() if data_state_fn else {})
+      last_saved = at
+
+  request = None
+  try:
+    while step < num_steps:
+      try:
+        batch = next(batches)
+      except StopIteration:
+        log.warning("%s: data ran out at step %d of %d", stage, step, num_steps)
+        break
+      n_tok = tokens_in_batch(batch) if callable(tokens_in_batch) else tokens_in_batch
+      state, metrics = step_fn(state, batch)
+      step = int(state.step)
+      metrics = _to_floats(metrics)
+      _check_finite(step, stage, metrics, last_saved)
+      window_tokens += n_tok or 0
+      if eval_fn is not None and eval_every and step % eval_every == 0:
+        ev = _to_floats(eval_fn(state))
+        _check_finite(step, f"{stage} eval", ev, last_saved)
+        metrics.update({f"eval/{k}": v for k, v in ev.items()})
+      if n_tok:
+        metrics["tokens_per_s"] = window_tokens / max(time.perf_counter() - window_t, 1e-9)
+      for hook in hooks:
+        if getattr(hook, "every", 1) and step % getattr(hook, "every", 1) == 0:
+          result = hook(step, state, metrics)
+          if result is not None:
+            metrics.update(result.metrics)
+            if result.action != "continue":
+              request = request or result
+      writer.write(step, metrics)
+      if log_every and (step % log_every == 0 or step == num_steps):
+        elapsed = time.perf_counter() - t_start
+        eta = elapsed / max(step - start_step, 1) * (num_steps - step)
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
+        log.info("%s step %d/%d | %s | eta %s", stage, step, num_steps, shown, _eta(eta))
+        window_tokens, window_t = 0, time.perf_counter()
+      if request is not None:
+        save(step)
+        (workdir / "ALERT.txt").write_text(f"{stage} step {step}: {request.action}: {request.message}\n")
+        log.warning("%s paused at step %d by a hook (%s): %s", stage, step, request.action,
+                    request.message)
+        break
+      if save_every and step % save_every == 0:
+        save(step)
+    if request is None:
+      save(step)
+  finally:
+    writer.close()
+    if checkpointer is not None:
+      checkpointer.wait()
+  return state
