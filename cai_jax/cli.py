@@ -14,6 +14,10 @@ import sys
 STAGES: dict[str, str] = {
     "sl-data": "cai_jax.data.sl_cai:run",
     "generate": "cai_jax.generate:run",
+    "feedback": "cai_jax.data.feedback:run",
+    "rm": "cai_jax.train.reward:run",
+    "eval-mc": "cai_jax.evals.multiple_choice:run",
+    "eval-hhh": "cai_jax.evals.hhh:run",
 }
 
 
@@ -69,6 +73,27 @@ def _explain_override_error(argv: list[str]) -> str | None:
   return None
 
 
+# Shorthand flags -> config fields (e.g. `eval-mc --data PATH`).
+_SHORTHANDS = {"--data": "eval.data"}
+
+
+def _shorthand_flags(argv: list[str]) -> list[str]:
+  """Rewrites `--data PATH` / `--data=PATH` into `--config.eval.data=PATH`."""
+  out, i = [], 0
+  while i < len(argv):
+    name, eq, value = argv[i].partition("=")
+    if name in _SHORTHANDS:
+      if not eq:
+        if i + 1 >= len(argv):
+          raise SystemExit(f"config error: {name} needs a value")
+        value, i = argv[i + 1], i + 1
+      out.append(f"--config.{_SHORTHANDS[name]}={value}")
+    else:
+      out.append(argv[i])
+    i += 1
+  return out
+
+
 def main(argv: list[str] | None = None) -> None:
   argv = list(sys.argv[1:] if argv is None else argv)
   if not argv or argv[0] in ("-h", "--help") or argv[0].startswith("-"):
@@ -79,6 +104,6 @@ def main(argv: list[str] | None = None) -> None:
     raise SystemExit(f"unknown stage {stage!r}\n" + _usage())
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                       datefmt="%H:%M:%S")
-  config = load_config(rest)
+  config = load_config(_shorthand_flags(rest))
   module, fn = STAGES[stage].split(":")
   getattr(importlib.import_module(module), fn)(config)

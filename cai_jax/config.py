@@ -127,6 +127,68 @@ def _ppo() -> ConfigDict:
   ))
 
 
+def _eval() -> ConfigDict:
+  # Stages `eval-mc` (evals/multiple_choice.py) and `eval-hhh` (evals/hhh.py).
+  return ConfigDict(dict(
+      data="",  # eval-mc: JSONL of {"prompt", "corrects", "incorrects"} (CLI: --data PATH)
+      hhh="../shared/data/cai_paper/evals/438HHHEvaluations.jsonl",  # eval-hhh data
+      limit=-1,  # first N items only (quick runs); -1 = all
+      batch_size=8,
+      max_prompt_len=2048,  # longer prompts keep their last tokens
+      judge=True,  # eval-hhh: the LM as multiple-choice judge
+      cot=False,  # eval-hhh: also the judge with chain-of-thought (sampled reasoning first)
+      cot_limit=-1,  # CoT on the first N items only; -1 = same as limit
+      cot_max_new_tokens=64,
+      reward_model="",  # eval-hhh: workdir of a trained `rm` stage to score text_correct vs text_incorrect
+      out="eval_hhh",  # eval-hhh: output directory (JSON + PNG), relative to workdir
+  ))
+
+
+def _feedback() -> ConfigDict:
+  # Stage `feedback` (data/feedback.py): AI preference labels by the multiple-choice prompt.
+  return ConfigDict(dict(
+      policy="",  # "" = the SFT export under workdir if present, else config.model; or a weights path
+      prompts="red_team",  # prompt spec (data/prompts.py)
+      n_prompts=-1,
+      constitution="constitutions/base.toml",  # or "paper:<dir>" for the paper's 16 questions
+      profile="",
+      few_shot="ours",  # ours | none | a path to the paper's RLMadisonFewShotPrompts.json
+      n_few_shot=2,
+      k_principles=1,  # ensemble: average the label over k principles drawn per comparison
+      hard_labels=False,  # round p_a to 0/1
+      cot=False,  # chain-of-thought: sample reasoning, then read P(A)/P(B)
+      cot_max_new_tokens=64,
+      clamp_lo=0.4,  # cot: soft labels are clamped into [clamp_lo, clamp_hi] (paper: 40-60%)
+      clamp_hi=0.6,
+      swap=True,  # average over both A/B orders (cancels position bias)
+      out="feedback.jsonl",  # relative to workdir
+  ))
+
+
+def _rm() -> ConfigDict:
+  # Stage `rm` (train/reward.py): reward model on preference pairs, Bradley-Terry soft labels.
+  return ConfigDict(dict(
+      init="",  # "" = config.model; else weights (GGUF / safetensors dir) for the trunk
+      ai_data="feedback.jsonl",  # preference JSONL (relative to workdir, or a path); "" = none
+      human_data="",  # hh-rlhf JSONL(.gz) of {"chosen", "rejected"}; "" = none
+      human_fraction=0.0,  # share of human comparisons in each batch (0..1)
+      n_human=-1,  # cap on human comparisons read; -1 = all
+      loss="bradley_terry",
+      max_len=512,  # tokens per (prompt + response); longer keep their last tokens
+      batch_size=8,  # pairs per step
+      num_steps=200,
+      lr=1e-5,
+      warmup_steps=10,
+      weight_decay=0.0,
+      grad_clip=1.0,
+      eval_fraction=0.1,  # held-out share of the pairs
+      eval_every=50,
+      checkpoint_every=50,
+      keep=3,
+      seed=0,
+  ))
+
+
 def base_config() -> ConfigDict:
   """Every field, with its default. Sections are added here, one function each."""
   config = ConfigDict()
@@ -139,6 +201,9 @@ def base_config() -> ConfigDict:
   config.sl_data = _sl_data()
   config.generate = _generate()
   config.ppo = _ppo()
+  config.eval = _eval()
+  config.feedback = _feedback()
+  config.rm = _rm()
   return config
 
 
@@ -210,6 +275,25 @@ def _validate_ppo(c: ConfigDict) -> None:
   if c.kl_target <= 0 or c.kl_coef < 0 or c.clip_eps <= 0:
     raise ValueError("ppo.kl_target / kl_coef / clip_eps: need kl_target > 0, kl_coef >= 0, "
                      f"clip_eps > 0; got {c.kl_target}, {c.kl_coef}, {c.clip_eps}")
+
+
+@validator("feedback")
+def _validate_feedback(c: ConfigDict) -> None:
+  if c.k_principles < 1:
+    raise ValueError(f"feedback.k_principles: expected >= 1, got {c.k_principles}")
+  if not 0.0 <= c.clamp_lo <= 0.5 <= c.clamp_hi <= 1.0:
+    raise ValueError(f"feedback.clamp_lo/clamp_hi: expected 0 <= lo <= 0.5 <= hi <= 1, "
+                     f"got [{c.clamp_lo}, {c.clamp_hi}]")
+
+
+@validator("rm")
+def _validate_rm(c: ConfigDict) -> None:
+  if not 0.0 <= c.human_fraction <= 1.0:
+    raise ValueError(f"rm.human_fraction: expected in [0, 1], got {c.human_fraction}")
+  if not 0.0 < c.eval_fraction < 1.0:
+    raise ValueError(f"rm.eval_fraction: expected in (0, 1), got {c.eval_fraction}")
+  if c.batch_size < 1 or c.num_steps < 0 or c.max_len < 8:
+    raise ValueError("rm.batch_size/num_steps/max_len: expected >= 1 / >= 0 / >= 8")
 
 
 def validate(config: ConfigDict) -> ConfigDict:

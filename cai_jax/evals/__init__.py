@@ -1,0 +1,1 @@
+"""Evaluations: multiple-choice scoring and the HHH comparisons."""

@@ -1,0 +1,210 @@
+"""Multiple-choice evaluation by log-likelihood: stage `eval-mc`.
+
+Data: JSONL, one item per line, {"prompt": str, "corrects": [str, ...],
+"incorrects": [str, ...]} (the form of the CAI paper's evaluation files; any
+number of options, extra fields ignored). Each option is scored by the summed
+log-probability of its tokens given the prompt (prompt and option tokenized
+separately and concatenated). An item counts as right when its best correct
+option scores strictly higher than every incorrect one (ties are wrong).
+Accuracy comes with a 95% Wilson score interval.
+
+  python -m cai_jax eval-mc --config experiments/embedded.py --data ../shared/data/cai_paper/evals/438HHHEvaluations.jsonl
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import pathlib
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# (prompts, continuations) -> summed log p(continuation | prompt), one float per pair.
+LogprobFn = Callable[[Sequence[str], Sequence[str]], np.ndarray]
+
+
+class EvalDataError(ValueError):
+  """A malformed evaluation file; the message names file:line:field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MCItem:
+  """One multiple-choice question."""
+
+  prompt: str
+  corrects: tuple[str, ...]
+  incorrects: tuple[str, ...]
+  where: str = ""  # "file:line" it came from
+  extra: tuple[tuple[str, str], ...] = ()  # other string fields, e.g. text_correct (HHH)
+
+  def get(self, key: str) -> str | None:
+    return dict(self.extra).get(key)
+
+
+@dataclasses.dataclass(frozen=True)
+class MCResult:
+  """Accuracy over a set of items, with a 95% Wilson interval and per-item scores."""
+
+  n: int
+  n_correct: int
+  accuracy: float
+  ci_low: float
+  ci_high: float
+  correct: np.ndarray  # [n] bool
+  best_correct: np.ndarray  # [n] max log p over the correct options
+  best_incorrect: np.ndarray  # [n] max log p over the incorrect options
+
+  def summary(self) -> dict:
+    return dict(n=self.n, n_correct=self.n_correct, accuracy=self.accuracy,
+                ci95=[self.ci_low, self.ci_high])
+
+
+def _string_list(where: str, record: dict, field: str) -> tuple[str, ...]:
+  value = record.get(field)
+  if not isinstance(value, list) or not value or not all(isinstance(s, str) for s in value):
+    raise EvalDataError(f"{where}:{field}: expected a non-empty list of strings, got {value!r:.80}")
+  return tuple(value)
+
+
+def load_mc_jsonl(path, extra_fields: Sequence[str] = ()) -> list[MCItem]:
+  """Reads and checks a multiple-choice JSONL; `extra_fields` are required string fields kept too."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise EvalDataError(f"{path}: no such file")
+  items = []
+  with path.open(encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      where = f"{path}:{lineno}"
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise EvalDataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+      if not isinstance(record, dict):
+        raise EvalDataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+      prompt = record.get("prompt")
+      if not isinstance(prompt, str) or not prompt:
+        raise EvalDataError(f"{where}:prompt: expected a non-empty string, got {prompt!r:.80}")
+      corrects = _string_list(where, record, "corrects")
+      incorrects = _string_list(where, record, "incorrects")
+      extra = []
+      for field in extra_fields:
+        value = record.get(field)
+        if not isinstance(value, str) or not value:
+          raise EvalDataError(f"{where}:{field}: expected a non-empty string, got {value!r:.80}")
+        extra.append((field, value))
+      items.append(MCItem(prompt, corrects, incorrects, where, tuple(extra)))
+  if not items:
+    raise EvalDataError(f"{path}: no items")
+  return items
+
+
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+  """Wilson score interval for a binomial proportion k/n (z = 1.96: 95%)."""
+  if n <= 0:
+    return 0.0, 1.0
+  p = k / n
+  denom = 1 + z * z / n
+  center = (p + z * z / (2 * n)) / denom
+  half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+  return max(0.0, center - half), min(1.0, center + half)
+
+
+def accuracy_result(correct: np.ndarray, best_correct=None, best_incorrect=None) -> MCResult:
+  """An MCResult from a boolean vector of per-item outcomes."""
+  correct = np.asarray(correct, bool)
+  n, k = int(correct.size), int(correct.sum())
+  lo, hi = wilson_interval(k, n)
+  empty = np.full(n, np.nan, np.float32)
+  return MCResult(n, k, k / max(n, 1), lo, hi, correct,
+                  empty if best_correct is None else np.asarray(best_correct, np.float32),
+                  empty if best_incorrect is None else np.asarray(best_incorrect, np.float32))
+
+
+def score_items(items: Sequence[MCItem], logprob_fn: LogprobFn,
+                prompts: Sequence[str] | None = None) -> MCResult:
+  """Scores every option of every item in one call of `logprob_fn`.
+
+  `prompts` optionally replaces each item's prompt (e.g. prompt + reasoning).
+  """
+  prompts = [it.prompt for it in items] if prompts is None else list(prompts)
+  pairs_p, pairs_c, owner = [], [], []
+  for i, (it, p) in enumerate(zip(items, prompts)):
+    for opt in it.corrects + it.incorrects:
+      pairs_p.append(p)
+      pairs_c.append(opt)
+      owner.append(i)
+  scores = np.asarray(logprob_fn(pairs_p, pairs_c), np.float64)
+  if scores.shape != (len(pairs_p),):
+    raise ValueError(f"logprob_fn returned shape {scores.shape}, expected ({len(pairs_p)},)")
+  best_c = np.full(len(items), -np.inf)
+  best_i = np.full(len(items), -np.inf)
+  j = 0
+  for i, it in enumerate(items):
+    nc, ni = len(it.corrects), len(it.incorrects)
+    best_c[i] = scores[j:j + nc].max()
+    best_i[i] = scores[j + nc:j + nc + ni].max()
+    j += nc + ni
+  return accuracy_result(best_c > best_i, best_c, best_i)
+
+
+def model_logprob_fn(graphdef, params, tokenizer, *, mesh=None, batch_size: int = 8,
+                     max_prompt_len: int = 2048) -> LogprobFn:
+  """A LogprobFn backed by sampling.score_continuations. Prompts longer than
+  max_prompt_len tokens keep their last max_prompt_len tokens (logged)."""
+  from cai_jax import sampling
+
+  def fn(prompts: Sequence[str], continuations: Sequence[str]) -> np.ndarray:
+    cache: dict[str, list[int]] = {}
+    p_ids = []
+    for p in prompts:
+      if p not in cache:
+        ids = tokenizer.encode(p)
+        if len(ids) > max_prompt_len:
+          log.warning("prompt of %d tokens cut to its last %d", len(ids), max_prompt_len)
+          ids = ids[-max_prompt_len:]
+        cache[p] = ids
+      p_ids.append(cache[p])
+    c_ids = [tokenizer.encode(c) for c in continuations]
+    out = sampling.score_continuations(graphdef, params, p_ids, c_ids, pad_id=tokenizer.pad_id,
+                                       mesh=mesh, batch_size=batch_size)
+    return np.asarray([float(np.sum(x)) for x in out], np.float64)
+
+  return fn
+
+
+def load_for_eval(config):
+  """(LoadedModel, mesh or None) for an evaluation stage; a mesh only with several devices."""
+  import jax
+
+  from cai_jax import sharding
+  from cai_jax.models.load import load_model
+
+  mesh = None
+  if jax.device_count() > 1:
+    m = config.mesh
+    mesh = sharding.make_mesh({"data": m.data, "fsdp": m.fsdp, "tensor": m.tensor})
+  return load_model(config.model, mesh=mesh, rules="sample"), mesh
+
+
+def run(config) -> dict:
+  """Stage `eval-mc`: accuracy of config.model on config.eval.data; last stdout line is JSON."""
+  e = config.eval
+  if not e.data:
+    raise SystemExit("eval-mc: give the data file with --data PATH (or --config.eval.data=PATH)")
+  items = load_mc_jsonl(e.data)
+  if e.limit > 0:
+    items = items[:e.limit]
+  loaded, mesh = load_for_eval(config)
+  fn = model_logprob_fn(loaded.graphdef, loaded.params, loaded.tokenizer, mesh=mesh,
+                        batch_size=e.batch_size, max_prompt_len=e.max_prompt_len)
+  result = score_items(items, fn)
+  summary = dict(stage="eval-mc", data=str(e.data), model=loaded.source, **result.summary())
+  print(json.dumps(summary), flush=True)
+  return summary
