@@ -152,6 +152,11 @@ def _metadata_cached(path: str, size: int, mtime_ns: int) -> dict[str, Any]:
   return {k: _field_value(f) for k, f in reader.fields.items() if not k.startswith("GGUF.")}
 
 
+def _f32(x) -> float:
+  """A float32 header value as the decimal it was written from (9.99999974e-06 -> 1e-05)."""
+  return float(str(np.float32(x)))
+
+
 def read_gguf_metadata(path: str | pathlib.Path) -> dict[str, Any]:
   """Every key/value of a GGUF header as Python values (strings, numbers, lists). Cached."""
   path = pathlib.Path(path).resolve()
@@ -197,8 +202,8 @@ def load_gguf(path: str | pathlib.Path) -> tuple[ModelConfig, dict]:
   cfg = ModelConfig(
       vocab_size=embed.shape[0], d_model=D, n_layers=int(need("block_count")), n_heads=N,
       n_kv_heads=K, head_dim=head_dim, mlp_dim=int(need("feed_forward_length")),
-      rope_theta=float(meta.get(f"{arch}.rope.freq_base", 10_000.0)),
-      norm_eps=float(meta.get(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
+      rope_theta=_f32(meta.get(f"{arch}.rope.freq_base", 10_000.0)),
+      norm_eps=_f32(meta.get(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
       tie_embeddings="output.weight" not in tensors)
   if meta.get(f"{arch}.rope.scaling.type", "none") not in ("none", None):
     raise ValueError(f"{path}: RoPE scaling {meta[f'{arch}.rope.scaling.type']!r} is not supported")
