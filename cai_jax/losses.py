@@ -70,3 +70,125 @@ def sft_ce(outputs: Mapping[str, jax.Array], batch: Mapping[str, jax.Array], cfg
   correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
   accuracy = (correct * mask).sum() / denom
   return LossOutput(total=loss, metrics={"loss": loss, "accuracy": accuracy, "n_tokens": n})
+
+
+@register_loss("bradley_terry")
+def bradley_terry(outputs: Mapping[str, jax.Array], batch: Mapping[str, jax.Array], cfg: Mapping) -> LossOutput:
+  """Bradley-Terry preference loss with soft labels (reward-model training).
+
+  outputs["reward_a"], outputs["reward_b"] [B]: scalar rewards of the two responses.
+  batch["p_a"] [B]: probability that response A is the better one (1/0 = hard labels).
+  batch["weight"] [B] (optional): 1 for real pairs, 0 for padding rows.
+  With d = r_a - r_b:  loss = -(p log sigma(d) + (1 - p) log sigma(-d)), averaged over
+  weighted pairs. Metrics: loss; accuracy = share of decided pairs (p != 0.5) whose
+  reward order agrees with the label (ties count wrong); margin = mean of
+  sign(p - 0.5) * d over decided pairs (how far the preferred answer is ahead).
+  cfg is unused (kept for the common signature).
+  """
+  del cfg
+  d = (outputs["reward_a"] - outputs["reward_b"]).astype(jnp.float32)  # [B]
+  p = batch["p_a"].astype(jnp.float32)  # [B]
+  w = batch.get("weight", jnp.ones_like(p)).astype(jnp.float32)  # [B]
+  nll = -(p * jax.nn.log_sigmoid(d) + (1.0 - p) * jax.nn.log_sigmoid(-d))  # [B]
+  loss = (nll * w).sum() / jnp.maximum(w.sum(), 1.0)
+  side = jnp.sign(p - 0.5)  # [B] +1 A preferred, -1 B preferred, 0 undecided
+  decided = w * jnp.abs(side)
+  n_decided = jnp.maximum(decided.sum(), 1.0)
+  agree = (side * d > 0).astype(jnp.float32)
+  accuracy = (agree * decided).sum() / n_decided
+  margin = (side * d * decided).sum() / n_decided
+  return LossOutput(total=loss, metrics={"loss": loss, "accuracy": accuracy, "margin": margin})
+
+
+# ----------------------------------------------------------------------------- PPO (train/ppo.py)
+# Arrays are [B, T] over prompt + response, aligned like sampling.sequence_logprobs
+# (column t = the action "emit token t"); batch["mask"] marks response tokens and every
+# mean is over those tokens of the whole minibatch (a token-level mean).
+
+
+def _token_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+  m = mask.astype(jnp.float32)
+  return jnp.sum(jnp.where(mask, x, 0.0)) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+def kl_estimate(logprobs: jax.Array, ref_logprobs: jax.Array, kind: str = "k1") -> jax.Array:
+  """Per-token estimate of KL(policy || reference) at tokens the policy sampled.
+
+  With d = ref_logprobs - logprobs (Schulman 2020, "Approximating KL divergence"):
+  k1 = -d (unbiased, can be negative; the per-token penalty of Ziegler et al. 2019),
+  k2 = d^2 / 2 (biased, >= 0), k3 = exp(d) - 1 - d (unbiased, >= 0).
+  """
+  d = ref_logprobs - logprobs
+  if kind == "k1":
+    return -d
+  if kind == "k2":
+    return 0.5 * jnp.square(d)
+  if kind == "k3":
+    return jnp.expm1(d) - d
+  raise ValueError(f"kl estimator {kind!r}: expected k1, k2 or k3")
+
+
+@register_loss("ppo_clip")
+def ppo_clip_loss(outputs, batch, cfg) -> LossOutput:
+  """PPO's clipped surrogate (Schulman et al. 2017) on response tokens, minus an entropy bonus.
+
+  outputs: "logprobs" [B, T] (current policy), optional "entropy" [B, T];
+  batch: "old_logprobs", "advantages", "mask"; cfg: clip_eps, entropy_coef.
+  Metrics: clip_frac = share of tokens whose clipped term is the smaller one
+  (their gradient is cut); approx_kl = mean of (r - 1) - log r, r = new/old.
+  """
+  mask = batch["mask"]
+  eps = float(cfg.get("clip_eps", 0.2))
+  log_ratio = jnp.where(mask, outputs["logprobs"] - batch["old_logprobs"], 0.0)
+  ratio = jnp.exp(log_ratio)
+  adv = batch["advantages"]
+  unclipped = ratio * adv
+  clipped = jnp.clip(ratio, 1.0 - eps, 1.0 + eps) * adv
+  policy_loss = -_token_mean(jnp.minimum(unclipped, clipped), mask)
+  metrics = {
+      "policy_loss": policy_loss,
+      "clip_frac": _token_mean((clipped < unclipped).astype(jnp.float32), mask),
+      "approx_kl": _token_mean((ratio - 1.0) - log_ratio, mask),
+  }
+  total = policy_loss
+  if "entropy" in outputs:
+    entropy = _token_mean(outputs["entropy"], mask)
+    metrics["entropy"] = entropy
+    total = total - float(cfg.get("entropy_coef", 0.0)) * entropy
+  return LossOutput(total=total, metrics=metrics)
+
+
+@register_loss("value_clip")
+def value_clip_loss(outputs, batch, cfg) -> LossOutput:
+  """Clipped value loss: 0.5 * max((V - R)^2, (V_old + clip(V - V_old, +-eps) - R)^2).
+
+  outputs: "values" [B, T]; batch: "old_values", "returns", "mask";
+  cfg: value_clip_eps (0 = no clipping), value_coef (scales `total` only).
+  """
+  mask = batch["mask"]
+  eps = float(cfg.get("value_clip_eps", 0.2))
+  v, old, ret = outputs["values"], batch["old_values"], batch["returns"]
+  err = jnp.square(v - ret)
+  if eps > 0:
+    v_clip = old + jnp.clip(v - old, -eps, eps)
+    err_clip = jnp.square(v_clip - ret)
+    clip_frac = _token_mean((err_clip > err).astype(jnp.float32), mask)
+    err = jnp.maximum(err, err_clip)
+  else:
+    clip_frac = jnp.zeros((), jnp.float32)
+  value_loss = 0.5 * _token_mean(err, mask)
+  return LossOutput(total=float(cfg.get("value_coef", 1.0)) * value_loss,
+                    metrics={"value_loss": value_loss, "value_clip_frac": clip_frac})
+
+
+@register_loss("kl_penalty")
+def kl_penalty_loss(outputs, batch, cfg) -> LossOutput:
+  """coef * mean per-token KL(policy || reference), for a KL term in the loss
+  rather than in the reward. outputs: "logprobs"; batch: "ref_logprobs", "mask",
+  optional "kl_coef" [] (an adaptive controller's current value; else cfg.kl_coef);
+  cfg: kl_estimator (k1 | k2 | k3, default k3)."""
+  mask = batch["mask"]
+  kl = _token_mean(kl_estimate(outputs["logprobs"], batch["ref_logprobs"],
+                               str(cfg.get("kl_estimator", "k3"))), mask)
+  coef = batch.get("kl_coef", float(cfg.get("kl_coef", 0.0)))
+  return LossOutput(total=coef * kl, metrics={"kl_loss": kl})
