@@ -12,6 +12,7 @@ import sys
 
 # stage name -> "module:function". Each function takes the validated ConfigDict.
 STAGES: dict[str, str] = {
+    "info": "cai_jax.stages.info:run",
     "sl-data": "cai_jax.data.sl_cai:run",
     "generate": "cai_jax.generate:run",
     "feedback": "cai_jax.data.feedback:run",
@@ -34,8 +35,10 @@ def load_config(argv: list[str]):
   from cai_jax import config as config_lib
 
   fv = flags.FlagValues()
+  # sys_argv: the override flags (--config.a.b=c) are found in it when the flag is defined;
+  # without it they are looked for in sys.argv, which fails for load_config(argv) from Python.
   config_flags.DEFINE_config_file("config", None, "experiment config file", flag_values=fv,
-                                  lock_config=True)
+                                  lock_config=True, sys_argv=["cai_jax"] + argv)
   try:
     fv(["cai_jax"] + argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:

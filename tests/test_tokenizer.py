@@ -44,7 +44,7 @@ def gguf_metadata_of(tok):
     tokens[i] = t
   merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
   types = [3 if t in SPECIALS else 1 for t in tokens]
-  return {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": tokens,
+  return {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "smollm", "tokenizer.ggml.tokens": tokens,
           "tokenizer.ggml.merges": merges, "tokenizer.ggml.token_type": types,
           "tokenizer.ggml.eos_token_id": 2, "tokenizer.ggml.padding_token_id": 0}
 
