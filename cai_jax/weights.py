@@ -167,9 +167,30 @@ def read_gguf_metadata(path: str | pathlib.Path) -> dict[str, Any]:
 
 
 def load_gguf(path: str | pathlib.Path) -> tuple[ModelConfig, dict]:
-  """A llama-architecture GGUF -> (ModelConfig, params as np.float32, dequantized)."""
+  """A llama-architecture GGUF -> (ModelConfig, params as np.float32, dequantized).
+
+  The result is cached per process (policy, reference and reward model often
+  start from the same file); its arrays are read-only — copy before mutating.
+  """
+  path = pathlib.Path(path).resolve()
+  if not path.is_file():
+    raise FileNotFoundError(f"{path}: no such GGUF file")
+  stat = path.stat()
+  cfg, params = _load_gguf_cached(str(path), stat.st_size, stat.st_mtime_ns)
+  return cfg, {**params, "layers": dict(params["layers"])}  # fresh dicts, shared (read-only) arrays
+
+
+@functools.lru_cache(maxsize=2)
+def _load_gguf_cached(path: str, size: int, mtime_ns: int) -> tuple[ModelConfig, dict]:
+  del size, mtime_ns  # cache key only
+  cfg, params = _load_gguf_uncached(pathlib.Path(path))
+  for leaf in [v for k, v in params.items() if k != "layers"] + list(params["layers"].values()):
+    leaf.flags.writeable = False
+  return cfg, params
+
+
+def _load_gguf_uncached(path: pathlib.Path) -> tuple[ModelConfig, dict]:
   import gguf
-  path = pathlib.Path(path)
   reader = _open_gguf(path)
   meta = read_gguf_metadata(path)
   arch = meta.get("general.architecture")
@@ -291,27 +312,25 @@ def _safetensor_files(d: pathlib.Path) -> list[pathlib.Path]:
 
 def load_safetensors(path_dir: str | pathlib.Path) -> tuple[ModelConfig, dict]:
   """A HF model directory (config.json + *.safetensors) -> (ModelConfig, np.float32 params)."""
-  from safetensors import safe_open
   d = pathlib.Path(path_dir)
   config_path = d / "config.json"
   if not config_path.is_file():
     raise FileNotFoundError(f"{d}: no config.json (expected a Hugging Face model directory)")
   cfg = config_from_hf(json.loads(config_path.read_text()), str(config_path))
-  tensors: dict[str, tuple[pathlib.Path, Any]] = {}
+  tensors: dict[str, tuple[pathlib.Path, dict]] = {}  # name -> (file, header entry)
   for f in _safetensor_files(d):
-    with safe_open(str(f), framework="numpy") as st:
-      for k in st.keys():
-        tensors[k] = f
+    offset, header = _safetensors_header(f)
+    for k, entry in header.items():
+      if k != "__metadata__":
+        tensors[k] = (f, dict(entry, base=offset))
 
   def get(name: str, shape: tuple[int, ...]) -> np.ndarray:
     if name not in tensors:
       raise ValueError(f"{d}: missing tensor {name!r} (expected shape {shape})")
-    with safe_open(str(tensors[name]), framework="pt" if _is_bf16(tensors[name], name) else "numpy") as st:
-      arr = st.get_tensor(name)
-    arr = arr.float().numpy() if hasattr(arr, "float") else np.asarray(arr, np.float32)
-    if tuple(arr.shape) != tuple(shape):
-      raise ValueError(f"{tensors[name]}: tensor {name!r} has shape {tuple(arr.shape)}, expected {shape}")
-    return arr.astype(np.float32)
+    file, entry = tensors[name]
+    if tuple(entry["shape"]) != tuple(shape):
+      raise ValueError(f"{file}: tensor {name!r} has shape {tuple(entry['shape'])}, expected {shape}")
+    return _read_tensor(file, name, entry)
 
   D, N, K, H, F, V = (cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.mlp_dim, cfg.vocab_size)
   hf_shapes = {"attn_norm": (D,), "wq": (N * H, D), "wk": (K * H, D), "wv": (K * H, D),
@@ -332,12 +351,35 @@ def load_safetensors(path_dir: str | pathlib.Path) -> tuple[ModelConfig, dict]:
   return cfg, params
 
 
-def _is_bf16(file: pathlib.Path, name: str) -> bool:
-  """NumPy has no bfloat16: such tensors are read through torch."""
+_ST_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": np.uint16}
+
+
+def _safetensors_header(file: pathlib.Path) -> tuple[int, dict]:
+  """(byte offset of the data section, header dict) of a .safetensors file."""
   with open(file, "rb") as f:
     n = int.from_bytes(f.read(8), "little")
-    header = json.loads(f.read(n))
-  return header.get(name, {}).get("dtype") == "BF16"
+    try:
+      header = json.loads(f.read(n))
+    except ValueError as e:
+      raise ValueError(f"{file}: not a safetensors file (bad header: {e})") from None
+  return 8 + n, header
+
+
+def _read_tensor(file: pathlib.Path, name: str, entry: dict) -> np.ndarray:
+  """One tensor as float32, read with NumPy alone (bfloat16 widened bit-exactly, no torch)."""
+  dtype = _ST_DTYPES.get(entry["dtype"])
+  if dtype is None:
+    raise ValueError(f"{file}: tensor {name!r} has dtype {entry['dtype']}; expected one of "
+                     f"{sorted(_ST_DTYPES)}")
+  start, end = entry["data_offsets"]
+  count = (end - start) // np.dtype(dtype).itemsize
+  raw = np.fromfile(file, dtype=dtype, count=count, offset=entry["base"] + start)
+  if raw.size != int(np.prod(entry["shape"])):
+    raise ValueError(f"{file}: tensor {name!r} is truncated ({raw.size} of "
+                     f"{int(np.prod(entry['shape']))} values)")
+  if entry["dtype"] == "BF16":  # bfloat16 = the top 16 bits of a float32
+    raw = (raw.astype(np.uint32) << 16).view(np.float32)
+  return raw.astype(np.float32).reshape(entry["shape"])
 
 
 # ----------------------------------------------------------------------------- export

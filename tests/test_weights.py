@@ -101,6 +101,21 @@ def test_gguf_import_undoes_llama_cpp_layout(tmp_path, tied):
   np.testing.assert_array_equal(logits_of(got_cfg, got, TOKENS), logits_of(cfg, params, TOKENS))
 
 
+def test_gguf_import_is_cached_per_file_version(tmp_path):
+  cfg = get_model_config("tiny")
+  params = random_params(cfg)
+  path = write_llama_gguf(tmp_path / "m.gguf", cfg, params)
+  _, a = weights.load_gguf(path)
+  _, b = weights.load_gguf(path)
+  assert a["layers"]["wq"] is b["layers"]["wq"] and not a["layers"]["wq"].flags.writeable
+  a["embed"] = None  # the dicts are the caller's own
+  assert b["embed"] is not None
+  params["layers"]["wq"] = params["layers"]["wq"] * 2  # a rewritten file is read again
+  write_llama_gguf(path, cfg, params)
+  _, c = weights.load_gguf(path)
+  np.testing.assert_array_equal(c["layers"]["wq"], params["layers"]["wq"])
+
+
 def test_gguf_quantized_tensors_are_dequantized(tmp_path):
   import gguf
   cfg = get_model_config("tiny")
@@ -221,3 +236,17 @@ def test_config_typo_is_a_plain_exit_message():
   from cai_jax.cli import load_config
   with pytest.raises(SystemExit, match="model has no field 'sourse'; did you mean 'source'"):
     load_config(["--config=experiments/tiny.py", "--config.model.sourse=x"])
+
+
+def test_bfloat16_safetensors_import_without_torch_in_the_reader(tmp_path):
+  """HF checkpoints are mostly bf16; the reader widens them bit-exactly with NumPy alone."""
+  torch = pytest.importorskip("torch")
+  from safetensors.torch import load_file, save_file
+  cfg = get_model_config("tiny")
+  d = weights.export_hf(tmp_path / "hf", cfg, random_params(cfg, seed=5))
+  f32 = load_file(str(d / "model.safetensors"))
+  save_file({k: v.to(torch.bfloat16) for k, v in f32.items()}, str(d / "model.safetensors"))
+  _, got = weights.load_safetensors(d)
+  want = f32["model.layers.1.self_attn.k_proj.weight"].to(torch.bfloat16).float().numpy().T
+  np.testing.assert_array_equal(got["layers"]["wk"][1], want)
+  assert not np.array_equal(want, f32["model.layers.1.self_attn.k_proj.weight"].numpy().T)
