@@ -12,6 +12,7 @@ import sys
 
 # stage name -> "module:function". Each function takes the validated ConfigDict.
 STAGES: dict[str, str] = {
+    "pipeline": "cai_jax.pipeline:run",
     "info": "cai_jax.stages.info:run",
     "sl-data": "cai_jax.data.sl_cai:run",
     "generate": "cai_jax.generate:run",
@@ -19,6 +20,7 @@ STAGES: dict[str, str] = {
     "rm": "cai_jax.train.reward:run",
     "eval-mc": "cai_jax.evals.multiple_choice:run",
     "eval-hhh": "cai_jax.evals.hhh:run",
+    "ppo": "cai_jax.train.ppo_stage:run",
 }
 
 

@@ -87,6 +87,7 @@ def _generate() -> ConfigDict:
 
 
 def _ppo() -> ConfigDict:
+  from cai_jax.train.state import optim_section
   # Stage `ppo` (cai_jax/train/ppo.py, ppo_stage.py). Paper values ([HH] §4.1): KL coef
   # 0.001, clip 0.2, gamma 1, no entropy bonus, 1 epoch, answers <= 128 tokens. Not in
   # the paper, our choices: lam 0.95, a separate critic initialised from the policy,
@@ -120,8 +121,8 @@ def _ppo() -> ConfigDict:
       kl_estimator="k3",  # kl_in="loss": k1 | k2 | k3
       reward_norm="none",  # none | batch (whiten scores per rollout) | running (running mean/std)
       reward_clip=0.0,  # clip normalised scores to +-x; 0 = off
-      lr=1e-6,  # small: the paper uses 0.01x the pre-training rate
-      grad_clip=1.0,
+      # Small and constant: the paper uses 0.01x the pre-training rate. Plain Adam (no decay).
+      optim=optim_section(lr=1e-6, grad_clip=1.0),
       checkpoint_every=10,
       keep=3,
   ))
@@ -189,6 +190,12 @@ def _rm() -> ConfigDict:
   ))
 
 
+def _pipeline() -> ConfigDict:
+  # Stage `pipeline` (cai_jax/pipeline.py): which stages to run, in the fixed order
+  # sl-data, sft, feedback, rm, ppo, eval-hhh.
+  return ConfigDict(dict(stages=""))  # "" = all; else e.g. "sl-data,sft"
+
+
 def base_config() -> ConfigDict:
   """Every field, with its default. Sections are added here, one function each."""
   config = ConfigDict()
@@ -198,6 +205,7 @@ def base_config() -> ConfigDict:
   config.mesh = _mesh()
   config.distributed = _distributed()
   config.sampler = _sampler()
+  config.pipeline = _pipeline()
   config.sl_data = _sl_data()
   config.generate = _generate()
   config.ppo = _ppo()
@@ -272,6 +280,8 @@ def _validate_ppo(c: ConfigDict) -> None:
                      f"{c.rollout_batch_size}")
   if not 0 <= c.gamma <= 1 or not 0 <= c.lam <= 1:
     raise ValueError(f"ppo.gamma / ppo.lam: must be in [0, 1], got {c.gamma}, {c.lam}")
+  from cai_jax.train.state import validate_optim
+  validate_optim(c.optim, "ppo.optim")
   if c.kl_target <= 0 or c.kl_coef < 0 or c.clip_eps <= 0:
     raise ValueError("ppo.kl_target / kl_coef / clip_eps: need kl_target > 0, kl_coef >= 0, "
                      f"clip_eps > 0; got {c.kl_target}, {c.kl_coef}, {c.clip_eps}")

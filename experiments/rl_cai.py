@@ -1,0 +1,45 @@
+"""RL-CAI: PPO of the SL-CAI (SFT) policy against the AI-feedback reward model.
+
+  python -m cai_jax ppo --config experiments/rl_cai.py
+  python -m cai_jax ppo --config experiments/rl_cai.py:tiny   # random tiny model, synthetic reward
+
+The default reads the policy from the `sft` stage and the reward model from the
+`rm` stage (their workdirs below; override with --config.ppo.policy=... and
+--config.ppo.reward_model=...). `tiny` runs in seconds on a laptop CPU: a random
+tiny model learns to write lowercase letters (reward = their count).
+"""
+
+from cai_jax.config import base_config
+
+
+def get_config(variant: str | None = None):
+  config = base_config()
+  config.workdir = "runs/rl_cai"
+  c = config.ppo
+  if variant == "tiny":
+    config.workdir = "runs/rl_cai_tiny"
+    config.model.source = "random"
+    config.model.preset = "tiny"
+    config.model.tokenizer = "bytes"
+    config.model.chat_template = "transcript"
+    c.reward = "token_count"
+    c.prompts = "red_team"
+    c.num_steps = 20
+    c.rollout_batch_size = 16
+    c.minibatch_size = 8
+    c.sample_batch_size = 16
+    c.max_prompt_len = 16
+    c.max_new_tokens = 16
+    c.epochs = 2
+    c.optim.lr = 3e-3
+    c.kl_coef = 0.5
+    c.value_head = "shared"
+    c.checkpoint_every = 5
+    return config
+  if variant:
+    raise ValueError(f"experiments/rl_cai.py: unknown variant {variant!r}; expected '' or 'tiny'")
+  config.model.source = "embedded"  # the tokenizer/architecture; weights come from ppo.policy
+  c.policy = "runs/sl_cai"  # the `sft` stage's workdir
+  c.reward = "rm"
+  c.reward_model = "runs/rm"  # the `rm` stage's workdir
+  return config
