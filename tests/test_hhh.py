@@ -55,7 +55,7 @@ def test_judge_cot_and_rm_on_known_answers(tmp_path):
   assert res["judge"].accuracy == 0.8
   assert (res["judge"].ci_low, res["judge"].ci_high) == mc.wilson_interval(4, 5)
   assert res["judge_cot"].n == 2 and res["judge_cot"].accuracy == 1.0
-  assert seen[0].endswith("[[[bad answer 1]]]\n\nLet's think step by step:".replace("bad answer 1", "good answer 0"))
+  assert len(seen) == 2 and seen[0].endswith("(B) [[[bad answer 0]]]\n\nLet's think step by step:")
   assert res["rm"].correct.tolist() == [True, False, True, True, True]
   hhh.plot(res, tmp_path / "hhh.png", "test")
   assert (tmp_path / "hhh.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
