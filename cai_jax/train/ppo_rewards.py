@@ -38,7 +38,11 @@ def reward_model_fn(score_fn, graphdef, params, *, mesh=None, batch_size: int = 
   last_index) -> [B]` (train/reward.py's `reward_scores`) to a reward_fn. The
   score is read at the last response token; rows go through in chunks of
   batch_size (a multiple of the mesh's data shards)."""
+  import jax
+
   from cai_jax import sharding
+
+  score_jit = jax.jit(score_fn, static_argnums=0)  # one compiled program per chunk shape
 
   def reward_fn(tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
     tokens = np.asarray(tokens, np.int32)
@@ -54,7 +58,7 @@ def reward_model_fn(score_fn, graphdef, params, *, mesh=None, batch_size: int = 
       chunk["positions"] = positions
       if mesh is not None:
         chunk = sharding.shard_batch(chunk, mesh)
-      scores = score_fn(graphdef, params, chunk["tokens"], chunk["positions"], chunk["last"])
+      scores = score_jit(graphdef, params, chunk["tokens"], chunk["positions"], chunk["last"])
       out.append(np.asarray(scores, np.float32)[:n])
     return np.concatenate(out)
 
