@@ -93,9 +93,9 @@ def _ppo() -> ConfigDict:
   # the paper, our choices: lam 0.95, a separate critic initialised from the policy,
   # rollouts of 16 answers in minibatches of 8 (see ppo.py's docstring).
   return ConfigDict(dict(
-      policy="",  # "" = config.model as given (e.g. model.source = the SFT export); else an SFT workdir
+      policy="",  # weights path (SFT export); "" = <workdir>/sft/hf if present, else config.model
       reward="rm",  # rm (the trained reward model) | token_count (synthetic, for tests/smoke runs)
-      reward_model="",  # workdir of the `rm` stage (reward="rm")
+      reward_model="",  # workdir of the `rm` stage (reward="rm"); "" = this workdir
       reward_tokens="abcdefghijklmnopqrstuvwxyz",  # reward="token_count": every token of this text scores 1
       prompts="red_team,helpful",  # comma-separated prompt specs (data/prompts.py)
       num_steps=100,  # PPO iterations: one rollout batch + its updates each

@@ -3,9 +3,9 @@
   python -m cai_jax ppo --config experiments/rl_cai.py
   python -m cai_jax ppo --config experiments/rl_cai.py:tiny   # random tiny model, synthetic reward
 
-The default reads the policy from the `sft` stage and the reward model from the
-`rm` stage (their workdirs below; override with --config.ppo.policy=... and
---config.ppo.reward_model=...). `tiny` runs in seconds on a laptop CPU: a random
+The default reads the policy from the `sft` stage's export (<workdir>/sft/hf) and
+the reward model from the `rm` stage (<workdir>/rm); override with
+--config.ppo.policy=<weights path> and --config.ppo.reward_model=<rm workdir>. `tiny` runs in seconds on a laptop CPU: a random
 tiny model learns to write lowercase letters (reward = their count).
 """
 
@@ -38,8 +38,8 @@ def get_config(variant: str | None = None):
     return config
   if variant:
     raise ValueError(f"experiments/rl_cai.py: unknown variant {variant!r}; expected '' or 'tiny'")
-  config.model.source = "embedded"  # the tokenizer/architecture; weights come from ppo.policy
-  c.policy = "runs/sl_cai"  # the `sft` stage's workdir
+  config.model.source = "embedded"  # used as is when no SFT export is found
+  c.policy = ""  # "" = <workdir>/sft/hf (the `sft` stage's export) if present, else config.model
   c.reward = "rm"
-  c.reward_model = "runs/rm"  # the `rm` stage's workdir
+  c.reward_model = ""  # "" = <workdir> (the `rm` stage of the same pipeline)
   return config

@@ -70,11 +70,10 @@ def make_reward_fn(config, mesh, tokenizer):
   c = config.ppo
   if c.reward == "token_count":
     return ppo_rewards.token_count_reward(tokenizer.encode(c.reward_tokens))
-  if not c.reward_model:
-    raise ValueError("ppo.reward_model: reward='rm' needs the `rm` stage's workdir")
   from cai_jax.train import reward as reward_lib
 
-  graphdef, params = reward_lib.load_reward_model(c.reward_model, mesh)
+  # "" = this experiment's own workdir (where the `rm` stage of the same pipeline wrote).
+  graphdef, params = reward_lib.load_reward_model(c.reward_model or config.workdir, mesh)
   return ppo_rewards.reward_model_fn(reward_lib.reward_scores, graphdef, params, mesh=mesh,
                                      batch_size=c.sample_batch_size)
 
