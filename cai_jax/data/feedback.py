@@ -279,7 +279,8 @@ def _sampler_fn(model, config, mesh, seed: int, max_new_tokens: int, chat: bool)
 def run(config) -> dict:
   """Stage `feedback`: writes <workdir>/<feedback.out>; resumes if it exists."""
   from cai_jax.data.prompts import load_prompts
-  from cai_jax.data.sl_cai import load_constitution_from_config, resolve_repo_path
+  from cai_jax import constitution as constitution_lib
+  from cai_jax.data.sl_cai import resolve_repo_path
   from cai_jax.evals.multiple_choice import load_for_eval, model_logprob_fn
 
   c = config.feedback
@@ -293,7 +294,8 @@ def run(config) -> dict:
     with model_section.unlocked():
       model_section.source = source
     policy = load_model(model_section, mesh=mesh, rules="sample")
-  constitution = load_constitution_from_config(c)
+  constitution = constitution_lib.load(resolve_repo_path(c.constitution),
+                                       profile=resolve_repo_path(c.profile) or None, few_shot="")
   if c.few_shot == "none" or c.n_few_shot == 0:
     prefix = ""
   elif c.few_shot == "ours":
