@@ -399,6 +399,8 @@ def hf_config(cfg: ModelConfig, tokenizer=None) -> dict[str, Any]:
   }
   if tokenizer is not None:
     out.update(bos_token_id=None, eos_token_id=int(tokenizer.eos_id), pad_token_id=int(tokenizer.pad_id))
+    if type(tokenizer).__name__ == "ByteTokenizer":  # no files to write: load_model reads this key
+      out["cai_jax_tokenizer"] = "bytes"
   return out
 
 

@@ -222,6 +222,34 @@ def test_load_model_from_export_sharded_and_cast(tmp_path):
   assert loaded.chat.name == "chatml" and loaded.chat.system_prompt is None
 
 
+def test_export_round_trip_keeps_the_tokenizer(tmp_path):
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+  from cai_jax.models.load import load_model
+  from cai_jax.tokenizer import ByteTokenizer, HFTokenizer
+  cfg = get_model_config("tiny")
+  params = random_params(cfg, seed=5)
+  section = base_config().model
+  # A byte tokenizer has no files: the export marks it and load_model picks it up.
+  section.source = str(weights.export_hf(tmp_path / "bytes", cfg, params, ByteTokenizer()))
+  loaded = load_model(section)
+  assert isinstance(loaded.tokenizer, ByteTokenizer)
+  np.testing.assert_array_equal(np.asarray(loaded.params["layers"]["w_up"]), params["layers"]["w_up"])
+  # A BPE tokenizer is saved as tokenizer.json and read back.
+  bpe = Tokenizer(models.BPE())
+  bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  bpe.decoder = decoders.ByteLevel()
+  bpe.train_from_iterator(["hello world, hello there"] * 4, trainers.BpeTrainer(
+      vocab_size=cfg.vocab_size, special_tokens=["<|endoftext|>", "<|im_end|>"],
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  tok = HFTokenizer(bpe, eos_id=bpe.token_to_id("<|endoftext|>"))
+  section.source = str(weights.export_hf(tmp_path / "bpe", cfg, params, tok))
+  loaded = load_model(section)
+  text = "hello there<|im_end|>"
+  assert loaded.tokenizer.encode(text) == tok.encode(text) and loaded.tokenizer.eos_id == tok.eos_id
+  assert set(loaded.tokenizer.stop_ids) == {tok.eos_id, bpe.token_to_id("<|im_end|>")}
+
+
 def test_tokenizer_larger_than_vocab_is_refused(tmp_path):
   from cai_jax.models.load import load_model
   cfg = get_model_config("tiny", vocab_size=200)

@@ -12,6 +12,7 @@ The tokenizer comes from the weights (GGUF metadata / tokenizer.json) unless
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
 from typing import Any
 
@@ -58,8 +59,11 @@ def _read_weights(source: str) -> tuple[ModelConfig, dict, Any, str]:
     return cfg, params, load_tokenizer("", gguf_metadata=weights.read_gguf_metadata(path)), str(path)
   if path.is_dir():
     cfg, params = weights.load_safetensors(path)
-    has_tok = (path / "tokenizer.json").is_file() or (path / "tokenizer.model").is_file()
-    return cfg, params, load_tokenizer(path) if has_tok else None, str(path)
+    if (path / "tokenizer.json").is_file() or (path / "tokenizer.model").is_file():
+      return cfg, params, load_tokenizer(path), str(path)
+    # export_hf marks byte-tokenizer models (nothing to save) in config.json.
+    marked = json.loads((path / "config.json").read_text()).get("cai_jax_tokenizer")
+    return cfg, params, load_tokenizer(marked) if marked else None, str(path)
   raise ValueError(f"model.source: {source!r} is neither 'embedded', 'random', a .gguf file nor a "
                    "safetensors directory")
 
