@@ -21,6 +21,7 @@ STAGES: dict[str, str] = {
     "eval-mc": "cai_jax.evals.multiple_choice:run",
     "eval-hhh": "cai_jax.evals.hhh:run",
     "ppo": "cai_jax.train.ppo_stage:run",
+    "sft": "cai_jax.train.sft:run",
 }
 
 

@@ -190,6 +190,30 @@ def _rm() -> ConfigDict:
   ))
 
 
+def _sft() -> ConfigDict:
+  # Stage `sft` (train/sft.py): fine-tune on SL-CAI revisions + helpful answers (data/pipeline.py).
+  from cai_jax.train.state import optim_section
+  return ConfigDict(dict(
+      data="",  # SL-CAI JSONL path(s), comma-separated; "" = <workdir>/<sl_data.out>
+      rounds="all",  # critique/revision rounds trained on: all | last | 1-based list "1,4"
+      helpful_fraction=-1.0,  # share of helpful examples in the mix; -1 = their natural share
+      on_error="raise",  # bad records / over-long examples: raise | skip (counted, reported)
+      seq_len=512,
+      pack=True,  # pack several examples per row (segment ids) instead of one padded example
+      batch_size=8,  # rows per step (global)
+      num_steps=100,
+      eval_fraction=0.05,  # held-out share of the examples (loss/accuracy every eval_every steps)
+      eval_every=50,
+      checkpoint_every=50,
+      keep=3,
+      log_every=10,
+      loss="sft_ce",
+      seed=0,
+      export_hf="",  # HF safetensors dir written at the end; "" = <workdir>/sft/hf; "none" = skip
+      optim=optim_section(lr=1e-5, warmup_steps=10, schedule="cosine", weight_decay=0.0),
+  ))
+
+
 def _pipeline() -> ConfigDict:
   # Stage `pipeline` (cai_jax/pipeline.py): which stages to run, in the fixed order
   # sl-data, sft, feedback, rm, ppo, eval-hhh.
@@ -212,6 +236,7 @@ def base_config() -> ConfigDict:
   config.eval = _eval()
   config.feedback = _feedback()
   config.rm = _rm()
+  config.sft = _sft()
   return config
 
 
@@ -294,6 +319,24 @@ def _validate_feedback(c: ConfigDict) -> None:
   if not 0.0 <= c.clamp_lo <= 0.5 <= c.clamp_hi <= 1.0:
     raise ValueError(f"feedback.clamp_lo/clamp_hi: expected 0 <= lo <= 0.5 <= hi <= 1, "
                      f"got [{c.clamp_lo}, {c.clamp_hi}]")
+
+
+@validator("sft")
+def _validate_sft(c: ConfigDict) -> None:
+  from cai_jax.train.state import validate_optim
+  validate_optim(c.optim, "sft.optim")
+  if c.on_error not in ("raise", "skip"):
+    raise ValueError(f"sft.on_error: {c.on_error!r}; expected raise or skip")
+  if not (c.helpful_fraction == -1 or 0 <= c.helpful_fraction <= 1):
+    raise ValueError(f"sft.helpful_fraction: must be in [0, 1] or -1 (natural share), got {c.helpful_fraction}")
+  for field in ("seq_len", "batch_size", "num_steps"):
+    if c[field] < 1:
+      raise ValueError(f"sft.{field}: must be >= 1, got {c[field]}")
+  if not 0 <= c.eval_fraction < 1:
+    raise ValueError(f"sft.eval_fraction: must be in [0, 1), got {c.eval_fraction}")
+  r = c.rounds.replace(" ", "")
+  if r not in ("all", "last") and not all(x.isdigit() and int(x) >= 1 for x in r.split(",")):
+    raise ValueError(f"sft.rounds: {c.rounds!r}; expected all, last or 1-based round numbers like '1,4'")
 
 
 @validator("rm")

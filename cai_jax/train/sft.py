@@ -1,0 +1,213 @@
+"""Supervised fine-tuning (SL-CAI): a pure sharded step and the `sft` stage.
+
+`sft_step(state, batch, *, graphdef, tx, loss_fn, loss_cfg)` is a module-level
+pure function; `make_sft_step` jits it once with explicit NamedShardings (the
+state's from `train.state.state_shardings`, the batch's along the data axes)
+and a donated state. The stage reads SL-CAI JSONL through data/pipeline.py,
+runs the shared loop (checkpoints, resume, metrics) and exports the result to
+Hugging Face safetensors under `<workdir>/sft/hf`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import pathlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from cai_jax import sharding
+from cai_jax.losses import LossFn, get_loss
+from cai_jax.train.state import TrainState
+
+log = logging.getLogger(__name__)
+
+BATCH_KEYS = ("tokens", "positions", "segment_ids", "loss_mask")
+
+
+def lm_outputs(graphdef: Any, params: Any, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+  """The forward pass SFT losses read: {"logits": [B, T, V] float32}."""
+  model = nnx.merge(graphdef, params)
+  logits, _ = model(batch["tokens"], batch["positions"], segment_ids=batch["segment_ids"])
+  return {"logits": logits}
+
+
+def sft_step(state: TrainState, batch: Mapping[str, jax.Array], *, graphdef: Any,
+             tx: optax.GradientTransformation, loss_fn: LossFn,
+             loss_cfg: Mapping | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer (micro-)step on `batch`; returns the new state and scalar metrics.
+
+  With gradient accumulation (optax.MultiSteps) `state.step` counts micro-batches
+  and params change every k-th call.
+  """
+  def loss_of(params):
+    out = loss_fn(lm_outputs(graphdef, params, batch), batch, loss_cfg or {})
+    return out.total, out.metrics
+
+  (_, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def batch_shardings(mesh: Mesh, keys=BATCH_KEYS) -> dict[str, jax.sharding.NamedSharding]:
+  """[B, T] arrays split along the batch (data, fsdp) axes."""
+  return {k: sharding.batch_sharding(mesh, 2) for k in keys}
+
+
+def make_sft_step(*, graphdef: Any, tx: optax.GradientTransformation, state_shardings: TrainState,
+                  mesh: Mesh, loss: str | LossFn = "sft_ce", loss_cfg: Mapping | None = None
+                  ) -> Callable[[TrainState, Mapping[str, Any]], tuple[TrainState, dict]]:
+  """jit(sft_step) with in/out shardings and the state donated."""
+  loss_fn = get_loss(loss) if isinstance(loss, str) else loss
+  step = functools.partial(sft_step, graphdef=graphdef, tx=tx, loss_fn=loss_fn,
+                           loss_cfg=dict(loss_cfg or {}))
+  return jax.jit(step, in_shardings=(state_shardings, batch_shardings(mesh)),
+                 out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+
+
+def make_eval_fn(*, graphdef: Any, mesh: Mesh, batches: list[dict[str, np.ndarray]],
+                 loss: str | LossFn = "sft_ce") -> Callable[[TrainState], dict[str, float]]:
+  """Token-weighted mean loss / accuracy of the current params over fixed held-out batches."""
+  loss_fn = get_loss(loss) if isinstance(loss, str) else loss
+
+  @jax.jit
+  def metrics_of(params, batch):
+    return loss_fn(lm_outputs(graphdef, params, batch), batch, {}).metrics
+
+  def eval_fn(state: TrainState) -> dict[str, float]:
+    tot = {"loss": 0.0, "accuracy": 0.0}
+    n = 0.0
+    for b in batches:
+      m = jax.device_get(metrics_of(state.params, sharding.shard_batch(b, mesh)))
+      k = float(m["n_tokens"])
+      tot = {key: tot[key] + float(m[key]) * k for key in tot}
+      n += k
+    return {key: v / max(n, 1.0) for key, v in tot.items()}
+
+  return eval_fn
+
+
+# ----------------------------------------------------------------------------- stage `sft`
+
+
+def _data_paths(config) -> list[pathlib.Path]:
+  workdir = pathlib.Path(config.workdir)
+  spec = config.sft.data or str(workdir / config.sl_data.out)
+  out = []
+  for p in (s.strip() for s in spec.split(",") if s.strip()):
+    path = pathlib.Path(p)
+    out.append(path if path.is_absolute() or path.exists() else workdir / path)
+  return out
+
+
+def _split_heldout(examples: list, fraction: float, seed: int) -> tuple[list, list]:
+  """(train, held-out): a seeded random `fraction` of the examples, at least one when > 0."""
+  if fraction <= 0 or len(examples) < 2:
+    return list(examples), []
+  order = np.random.default_rng(seed).permutation(len(examples))
+  n = min(max(int(round(fraction * len(examples))), 1), len(examples) - 1)
+  held = set(order[:n].tolist())
+  return ([e for i, e in enumerate(examples) if i not in held],
+          [e for i, e in enumerate(examples) if i in held])
+
+
+def _eval_batches(items: list, seq_len: int, pad_id: int, batch_size: int) -> list[dict[str, np.ndarray]]:
+  """Every held-out example exactly once, one per row; the last batch is filled with empty rows."""
+  from cai_jax.data.pipeline import pack_rows
+  batches = []
+  for lo in range(0, len(items), batch_size):
+    b = pack_rows(items[lo:lo + batch_size], seq_len, pad_id, pack=False)
+    pad = batch_size - len(b["tokens"])
+    batches.append({k: np.pad(v, ((0, pad), (0, 0)), constant_values=pad_id if k == "tokens" else 0)
+                    for k, v in b.items()})
+  return batches
+
+
+def _loss_curve(metrics_path: pathlib.Path) -> list[dict]:
+  if not metrics_path.exists():
+    return []
+  rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+  return [r for r in rows if r.get("stage") == "sft"]
+
+
+def run(config) -> dict:
+  """Stage `sft`: SL-CAI JSONL -> fine-tuned policy (checkpoints, metrics, HF export).
+
+  Writes under <workdir>/sft: checkpoints/, metrics.jsonl, tb/, summary.json and
+  (unless sft.export_hf == "none") an HF safetensors directory (default <workdir>/sft/hf).
+  A rerun resumes from the newest readable checkpoint, data iterator included.
+  """
+  from cai_jax import weights
+  from cai_jax.data.pipeline import DataReport, SFTBatches, read_sl_cai, tokenize_examples
+  from cai_jax.models.load import load_model
+  from cai_jax.train.checkpoint import Checkpointer
+  from cai_jax.train.loop import restore_or_keep, run_loop
+  from cai_jax.train.state import init_train_state, make_optimizer
+
+  c, workdir = config.sft, pathlib.Path(config.workdir)
+  sft_dir = workdir / "sft"
+  sft_dir.mkdir(parents=True, exist_ok=True)
+  mesh = sharding.make_mesh(dict(config.mesh))
+  loaded = load_model(config.model, mesh, rules="train")
+  tok, chat = loaded.tokenizer, loaded.chat
+
+  report = DataReport()
+  examples = read_sl_cai(_data_paths(config), rounds=c.rounds, on_error=c.on_error, report=report)
+  train, held = _split_heldout(examples, c.eval_fraction, c.seed)
+  items = tokenize_examples(train, tok, chat, c.seq_len, on_error=c.on_error, report=report)
+  held_items = tokenize_examples(held, tok, chat, c.seq_len, on_error=c.on_error, report=report)
+  sources = [[t for t in items if t.kind == "revision"], [t for t in items if t.kind == "helpful"]]
+  frac = c.helpful_fraction
+  if frac < 0:  # natural proportions
+    frac = len(sources[1]) / max(len(items), 1)
+  log.info("sft: %d revision + %d helpful training examples (helpful share %.2f), %d held out; %s",
+           len(sources[0]), len(sources[1]), frac, len(held_items), report.summary())
+
+  tx = make_optimizer(c.optim, c.num_steps)
+  p_shard = jax.tree.map(lambda x: x.sharding, loaded.params)
+  state, s_shard = init_train_state(loaded.params, p_shard, tx, jax.random.key(c.seed), mesh)
+  ckpt = Checkpointer(sft_dir / "checkpoints", keep=c.keep)
+  state, extra = restore_or_keep(ckpt, state, s_shard)
+  stream = SFTBatches(sources, [1.0 - frac, frac], seq_len=c.seq_len, batch_size=c.batch_size,
+                      pad_id=tok.pad_id, seed=c.seed, pack=c.pack)
+  if extra and "data" in extra:
+    stream.set_state(extra["data"])
+  step_fn = make_sft_step(graphdef=loaded.graphdef, tx=tx, state_shardings=s_shard, mesh=mesh,
+                          loss=c.loss)
+  eval_fn = None
+  if held_items:
+    eval_fn = make_eval_fn(graphdef=loaded.graphdef, mesh=mesh, loss=c.loss,
+                           batches=_eval_batches(held_items, c.seq_len, tok.pad_id, c.batch_size))
+  batches = (sharding.shard_batch(b, mesh) for b in stream)
+  state = run_loop(state=state, step_fn=step_fn, batches=batches, num_steps=c.num_steps,
+                   workdir=sft_dir, checkpointer=ckpt, data_state_fn=lambda: {"data": stream.get_state()},
+                   eval_fn=eval_fn, eval_every=c.eval_every, save_every=c.checkpoint_every,
+                   log_every=c.log_every, stage="sft", tokens_in_batch=c.batch_size * c.seq_len)
+  ckpt.close()
+
+  export = None
+  if c.export_hf != "none":
+    export = pathlib.Path(c.export_hf or sft_dir / "hf")
+    weights.export_hf(export, loaded.cfg, jax.device_get(state.params), tok)
+    log.info("sft: exported HF safetensors to %s", export)
+  curve = _loss_curve(sft_dir / "metrics.jsonl")
+  speeds = [r["tokens_per_s"] for r in curve[1:] if "tokens_per_s" in r]
+  summary = dict(stage="sft", steps=int(state.step), first_loss=curve[0]["loss"] if curve else None,
+                 last_loss=curve[-1]["loss"] if curve else None,
+                 tokens_per_s=float(np.median(speeds)) if speeds else None,
+                 eval=eval_fn(state) if eval_fn else None, data=report.summary(),
+                 skipped=dict(report.skipped),
+                 export_hf=str(export) if export else None)
+  (sft_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+  print(json.dumps(summary), flush=True)
+  return summary
