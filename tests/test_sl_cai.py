@@ -151,3 +151,26 @@ def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path):
   ids = [r["id"] for r in _read(out)]
   assert len(ids) == len(set(ids)) == 16
   assert set(ids) == {p.id for p in P.load_prompts("red_team", limit=16)}
+
+
+def test_stages_run_from_a_config(tmp_path, capsys):
+  from cai_jax import config as config_lib
+  from cai_jax import generate
+  spec = __import__("importlib.util").util.spec_from_file_location("tiny_exp", REPO / "experiments/tiny.py")
+  module = __import__("importlib.util").util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.workdir = str(tmp_path)
+  config.sampler.max_new_tokens = 4
+  config.sl_data.update(n_prompts=2, n_helpful=1, n_rounds=1, n_few_shot=0)
+  config_lib.validate(config)
+  summary = sl_cai.run(config)
+  records = _read(tmp_path / "sl_cai.jsonl")
+  assert summary["written"] == 3 and [r["kind"] for r in records] == ["red_team", "red_team", "helpful"]
+  assert all(r["model"] == "random:tiny" and len(r["config_fingerprint"]) == 16 for r in records)
+  assert sl_cai.run(config)["written"] == 0  # a rerun finds everything done
+  config.sl_data.n_rounds = 2  # a different recipe must not mix into the same file
+  with pytest.raises(ValueError, match="config fingerprint"):
+    sl_cai.run(config)
+  out = generate.run(config)
+  assert capsys.readouterr().out.strip() == out["answer"]
