@@ -113,3 +113,17 @@ def test_mixing_ratio_and_determinism():
   assert all(sum(p.source == "human" for p in b) == 2 for b in batches)
   resumed = prefs.mixed_batches(ai, hu, 0.25, 8, seed=3, start_step=3)
   assert [p.id for p in next(resumed)] == [p.id for p in batches[3]]
+
+
+def test_side_is_scored_at_the_end_of_turn():
+  """Each side ends at the end-of-turn token (where PPO reads the reward) and keeps its last tokens."""
+  tok = ByteTokenizer()
+  conv = (("user", "hi"), ("assistant", "yo"))
+  ids = prefs.encode_side(conv, tok, ChatTemplate("chatml"), 100)
+  assert ids[-1] == tok.token_to_id("<|im_end|>")
+  assert tok.decode(ids[-3:-1]) == "yo"
+  assert prefs.encode_side(conv, tok, ChatTemplate("chatml"), 5) == ids[-5:]
+  batch = prefs.make_batch([prefs.Pair("x", conv, conv[:1] + (("assistant", "no!"),), 1.0, "ai")],
+                           tok, ChatTemplate("chatml"), 100, 2, tok.pad_id)
+  assert batch["last_a"][0] == len(ids) - 1 and batch["last_b"][0] == len(ids)
+  assert batch["tokens_a"].shape == (2, 32) and batch["weight"].tolist() == [1.0, 0.0]

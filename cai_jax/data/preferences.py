@@ -116,8 +116,13 @@ def split_heldout(pairs: Sequence[Pair], fraction: float, seed: int = 0) -> tupl
 
 
 def encode_side(conv, tokenizer, chat, max_len: int) -> list[int]:
-  """Token ids of one conversation (no generation prompt), keeping the last max_len."""
+  """Token ids of one conversation (no generation prompt), keeping the last max_len.
+
+  The template's newline after the final end-of-turn is dropped, so the last token is the
+  end-of-turn (chatml <|im_end|>) or the answer's last token: where PPO reads the reward
+  (the last response token, the stop token included)."""
   text = chat.format([{"role": r, "content": c} for r, c in conv], add_generation_prompt=False)
+  text = text.rstrip("\n")
   ids = tokenizer.encode(text)
   return ids[-max_len:]
 
