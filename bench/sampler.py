@@ -71,7 +71,7 @@ def run_ours(ours, prompts, new_tokens: int) -> float:
                           pad_id=ours.tokenizer.pad_id, batch_size=len(prompts))
   dt = time.perf_counter() - t
   assert (out.lengths == new_tokens).all()
-  return out.lengths.sum() / dt
+  return float(out.lengths.sum() / dt)
 
 
 def run_hf(hf, prompts, new_tokens: int, pad_id: int) -> float:
@@ -116,7 +116,8 @@ def main() -> None:
       a.append(run_ours(ours, prompts, args.new_tokens))
       b.append(run_hf(hf, prompts, args.new_tokens, ours.tokenizer.pad_id))
     rows.append((batch, statistics.median(a), statistics.median(b)))
-    print(f"batch {batch}: cai_jax {a} / HF {b}", flush=True)
+    print(f"batch {batch}: cai_jax {[round(float(x), 1) for x in a]} / HF "
+          f"{[round(float(x), 1) for x in b]} tokens/s", flush=True)
   print(f"\n| batch | cai_jax tok/s | HF generate tok/s | ratio |  ({args.dtype}, {args.new_tokens} "
         "new tokens, greedy)")
   print("|---|---|---|---|")
