@@ -91,7 +91,7 @@ def test_restore_onto_a_different_mesh(tmp_path):
   other = sharding.make_mesh({"fsdp": 2, "tensor": 4})
   like, target = _state(other)
   state, _ = Checkpointer(tmp_path).restore_latest(jax.tree.map(_abstract, like), target)
-  _equal(state, saved)
+  _equal(state.replace(rng=None), saved.replace(rng=None))
   emb = state.params["embed"]
-  assert emb.sharding == target.params["embed"] and emb.sharding.spec == ("tensor", "fsdp")
+  assert emb.sharding == target.params["embed"] and emb.sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
   assert jax.random.key_data(state.rng).tolist() == jax.random.key_data(saved.rng).tolist()
