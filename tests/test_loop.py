@@ -1,0 +1,119 @@
+"""run_loop: metrics records, NaN guard, hooks that pause, eval cadence, resume (no model needed)."""
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cai_jax.train.checkpoint import Checkpointer
+from cai_jax.train.loop import HookResult, NonFiniteError, restore_or_keep, run_loop
+from cai_jax.train.state import TrainState
+
+
+def _state() -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params={"w": jnp.zeros(3)},
+                    opt_state={"m": jnp.zeros(3)}, rng=jax.random.key(0))
+
+
+def _step(bad_at: int | None = None):
+  """w += batch; loss = 10 / new step (NaN at step `bad_at`)."""
+  def step(state, batch):
+    n = int(state.step) + 1
+    loss = float("nan") if n == bad_at else 10.0 / n
+    return (state.replace(step=state.step + 1, params={"w": state.params["w"] + batch},
+                          opt_state={"m": state.opt_state["m"] + 1.0}), {"loss": jnp.float32(loss)})
+  return step
+
+
+def _abstract(state):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+
+
+def _shardings(state):
+  s = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return jax.tree.map(lambda _: s, state)
+
+
+def _lines(path):
+  return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_every_step_is_one_metrics_line_and_a_tensorboard_scalar(tmp_path):
+  state = run_loop(state=_state(), step_fn=_step(), batches=iter([1.0] * 10), num_steps=5,
+                   workdir=tmp_path, checkpointer=None, stage="sft", tokens_in_batch=64)
+  assert int(state.step) == 5
+  np.testing.assert_array_equal(state.params["w"], [5.0, 5.0, 5.0])
+  rows = _lines(tmp_path / "metrics.jsonl")
+  assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+  assert all(r["stage"] == "sft" for r in rows)
+  np.testing.assert_allclose([r["loss"] for r in rows], [10.0 / n for n in range(1, 6)], rtol=1e-6)
+  assert all(r["tokens_per_s"] > 0 for r in rows)
+  assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_nan_stops_with_a_clear_error_and_the_last_good_checkpoint_stays_newest(tmp_path):
+  ckpt = Checkpointer(tmp_path / "ckpt", keep=5)
+  with pytest.raises(NonFiniteError, match=r"step 5: non-finite metrics.*last good checkpoint is step 4"):
+    run_loop(state=_state(), step_fn=_step(bad_at=5), batches=iter([1.0] * 10), num_steps=8,
+             workdir=tmp_path, checkpointer=ckpt, save_every=2, stage="sft")
+  assert ckpt.all_steps() == [2, 4]
+  restored, _ = Checkpointer(tmp_path / "ckpt").restore_latest(_abstract(_state()), _shardings(_state()))
+  assert int(restored.step) == 4
+  np.testing.assert_array_equal(restored.params["w"], [4.0, 4.0, 4.0])
+  assert [r["step"] for r in _lines(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4]  # the NaN step is not logged
+
+
+class _Gate:
+  """Asks to pause at `pause_at` (the constitutional checkpoint's shape); records its calls."""
+
+  def __init__(self, every: int, pause_at: int):
+    self.every, self.pause_at, self.calls = every, pause_at, []
+
+  def __call__(self, step, state, metrics):
+    self.calls.append(step)
+    if step == self.pause_at:
+      return HookResult("pause", "harmlessness eval fell below 0.5", {"gate/score": 0.25})
+    return HookResult("continue", metrics={"gate/score": 0.75})
+
+
+def test_a_hook_pause_saves_writes_an_alert_and_a_rerun_resumes_to_the_end(tmp_path):
+  gate = _Gate(every=3, pause_at=6)
+  ckpt = Checkpointer(tmp_path / "ckpt", keep=5)
+  data = [float(i) for i in range(1, 11)]
+  state = run_loop(state=_state(), step_fn=_step(), batches=iter(data), num_steps=10, workdir=tmp_path,
+                   checkpointer=ckpt, hooks=[gate], stage="ppo")
+  assert int(state.step) == 6 and gate.calls == [3, 6]
+  assert ckpt.all_steps() == [6]
+  assert (tmp_path / "ALERT.txt").read_text() == "ppo step 6: pause: harmlessness eval fell below 0.5\n"
+  rows = _lines(tmp_path / "metrics.jsonl")
+  assert [r.get("gate/score") for r in rows] == [None, None, 0.75, None, None, 0.25]
+  # Resume: restore, skip the batches already used, finish; same result as one uninterrupted pass.
+  state, extra = restore_or_keep(Checkpointer(tmp_path / "ckpt"), _state(), _shardings(_state()))
+  assert int(state.step) == 6 and extra == {}
+  state = run_loop(state=state, step_fn=_step(), batches=iter(data[6:]), num_steps=10, workdir=tmp_path,
+                   checkpointer=Checkpointer(tmp_path / "ckpt"), stage="ppo")
+  np.testing.assert_array_equal(state.params["w"], [sum(data)] * 3)
+  assert [r["step"] for r in _lines(tmp_path / "metrics.jsonl")] == list(range(1, 11))
+
+
+def test_eval_runs_every_n_steps_and_is_logged_with_a_prefix(tmp_path):
+  evals = []
+
+  def eval_fn(state):
+    evals.append(int(state.step))
+    return {"loss": jnp.float32(int(state.step) / 100)}
+
+  run_loop(state=_state(), step_fn=_step(), batches=iter([1.0] * 10), num_steps=7, workdir=tmp_path,
+           checkpointer=None, eval_fn=eval_fn, eval_every=3)
+  assert evals == [3, 6]
+  rows = {r["step"]: r for r in _lines(tmp_path / "metrics.jsonl")}
+  assert [s for s, r in rows.items() if "eval/loss" in r] == [3, 6]
+  assert math.isclose(rows[6]["eval/loss"], 0.06, rel_tol=1e-6)
+
+
+def test_a_pause_request_from_a_hook_must_name_a_known_action():
+  with pytest.raises(ValueError, match="HookResult.action"):
+    HookResult("halt")
