@@ -99,9 +99,9 @@ def write_report(workdir: str | pathlib.Path, summaries: Mapping[str, Mapping],
   """Writes plots + report.md (+ summary.json) under workdir; returns report.md's path."""
   workdir = pathlib.Path(workdir)
   # The run's own metrics plus those of stages that ran in sub-workdirs (the pipeline).
-  records = read_jsonl(workdir / "metrics.jsonl")
-  for sub in sorted(workdir.glob("*/metrics.jsonl")):
-    records += read_jsonl(sub)
+  records = []
+  for path in sorted(workdir.rglob("metrics.jsonl")):
+    records += read_jsonl(path)
   plots = []
   for stage in CURVES:
     png = plot_stage(records, stage, workdir / "plots" / f"{stage}.png")
