@@ -10,6 +10,11 @@ peak of one large float32 jnp matmul on this machine. FLOPs per step are
 counted as 6 * (non-embedding params + lm-head) * tokens + 12 * layers * T^2 *
 heads * head_dim * batch (causal attention computed in full). Timings on a
 shared machine are noisy: the median step is reported.
+
+Status (first attempt, 2026-11-23, 2 shared CPU cores, load ~12): the cai_jax
+side at 8 x 256 without remat was OOM-killed at 8.2 GB RSS (logits [8, 256,
+49152] f32 and 30 layers of saved activations), so no table yet; try
+model.remat / a smaller batch before judging speed.
 """
 
 from __future__ import annotations
