@@ -22,20 +22,9 @@ CURVES: dict[str, Sequence[str]] = {
 
 
 def read_jsonl(path: str | pathlib.Path) -> list[dict]:
-  """Reads a JSONL file; a malformed line is an error naming file and line."""
-  path = pathlib.Path(path)
-  if not path.exists():
-    return []
-  records = []
-  with path.open() as f:
-    for i, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        records.append(json.loads(line))
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-  return records
+  """All records of a JSONL file ([] when it does not exist); bad lines name file and line."""
+  from cai_jax.data.jsonl import iter_jsonl
+  return [record for _, record in iter_jsonl(path)] if pathlib.Path(path).exists() else []
 
 
 def series(records: Iterable[Mapping], stage: str, key: str) -> tuple[list[int], list[float]]:

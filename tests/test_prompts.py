@@ -50,7 +50,7 @@ def test_bad_lines_name_file_and_line(tmp_path):
   with pytest.raises(ValueError, match=r"p\.jsonl:2: expected a field 'prompt'"):
     P.load_prompts(str(path))
   path.write_text('{"prompt": "ok"}\n{oops\n')
-  with pytest.raises(ValueError, match=r"p\.jsonl:2: invalid JSON"):
+  with pytest.raises(ValueError, match=r"p\.jsonl:2: not valid JSON"):
     P.load_prompts(str(path))
   with pytest.raises(ValueError, match="neither a built-in set"):
     P.load_prompts(str(tmp_path / "missing.jsonl"))

@@ -11,14 +11,14 @@ the same data as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import gzip
-import json
 import pathlib
 import re
 import zlib
 from collections.abc import Sequence
 
 import numpy as np
+
+from cai_jax.data.jsonl import iter_jsonl
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,28 +45,6 @@ def parse_transcript(text: str, where: str = "") -> tuple[tuple[str, str], ...]:
   return tuple((roles[parts[i]], parts[i + 1].strip()) for i in range(1, len(parts) - 1, 2))
 
 
-def _open(path: pathlib.Path):
-  return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
-
-
-def _records(path):
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise ValueError(f"{path}: no such file")
-  with _open(path) as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      where = f"{path}:{n}"
-      try:
-        rec = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
-      if not isinstance(rec, dict):
-        raise ValueError(f"{where}: expected a JSON object")
-      yield where, rec
-
-
 def _string(where, rec, field):
   v = rec.get(field)
   if not isinstance(v, str):
@@ -77,7 +55,7 @@ def _string(where, rec, field):
 def load_preference_jsonl(path) -> list[Pair]:
   """Our preference JSONL; errors name file:line:field."""
   pairs = []
-  for where, rec in _records(path):
+  for where, rec in iter_jsonl(path):
     prompt = _string(where, rec, "prompt")
     a, b = _string(where, rec, "response_a"), _string(where, rec, "response_b")
     p = rec.get("p_a")
@@ -93,7 +71,7 @@ def load_preference_jsonl(path) -> list[Pair]:
 def load_hh_pairs(path, limit: int = -1, seed: int = 0) -> list[Pair]:
   """hh-rlhf {"chosen", "rejected"}; the chosen side goes to a or b at random (p_a = 1 or 0)."""
   pairs = []
-  for where, rec in _records(path):
+  for where, rec in iter_jsonl(path):
     if 0 <= limit <= len(pairs):
       break
     chosen = parse_transcript(_string(where, rec, "chosen"), f"{where}:chosen")

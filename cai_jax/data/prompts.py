@@ -11,11 +11,11 @@
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import importlib.resources
-import json
 import pathlib
 import re
+
+from cai_jax.data.jsonl import iter_jsonl
 
 BUILTIN = ("red_team", "helpful")
 _HUMAN = re.compile(r"\n\nHuman:(.*?)(?=\n\n(?:Human|Assistant):|\Z)", re.S)
@@ -36,39 +36,26 @@ def first_human_turn(transcript: str) -> str | None:
   return match.group(1).strip() if match else None
 
 
-def _open_lines(path: pathlib.Path):
-  opener = gzip.open if path.suffix == ".gz" else open
-  with opener(path, "rt", encoding="utf-8") as f:
-    yield from f
-
-
 def _read_jsonl(path: pathlib.Path, limit: int | None, dedupe: bool) -> list[Prompt]:
   prompts: list[Prompt] = []
   seen: set[str] = set()
   stem = path.name.split(".")[0]
-  for line_no, line in enumerate(_open_lines(path), start=1):
+  for where, record in iter_jsonl(path):
     if limit is not None and len(prompts) >= limit:
       break
-    if not line.strip():
-      continue
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path}:{line_no}: invalid JSON ({e.msg})") from None
-    if not isinstance(record, dict):
-      raise ValueError(f"{path}:{line_no}: expected a JSON object")
+    line_no = int(where.rsplit(":", 1)[1])
     if "prompt" in record:
       text, pid = record["prompt"], str(record.get("id", f"{stem}-{line_no:06d}"))
       category = str(record.get("category", ""))
     elif "chosen" in record:
       text, pid, category = first_human_turn(record["chosen"] or ""), f"{stem}-{line_no:06d}", "hh-rlhf"
       if text is None:
-        raise ValueError(f"{path}:{line_no}: field 'chosen' has no '\\n\\nHuman:' turn")
+        raise ValueError(f"{where}: field 'chosen' has no '\\n\\nHuman:' turn")
     else:
-      raise ValueError(f"{path}:{line_no}: expected a field 'prompt' (cai_jax format) or "
+      raise ValueError(f"{where}: expected a field 'prompt' (cai_jax format) or "
                        f"'chosen' (hh-rlhf format); got fields {sorted(record)}")
     if not isinstance(text, str) or not text.strip():
-      raise ValueError(f"{path}:{line_no}: the prompt text is empty")
+      raise ValueError(f"{where}: the prompt text is empty")
     if dedupe and text in seen:
       continue
     seen.add(text)

@@ -17,10 +17,11 @@ import dataclasses
 import json
 import logging
 import math
-import pathlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
+
+from cai_jax.data.jsonl import iter_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -73,33 +74,20 @@ def _string_list(where: str, record: dict, field: str) -> tuple[str, ...]:
 
 def load_mc_jsonl(path, extra_fields: Sequence[str] = ()) -> list[MCItem]:
   """Reads and checks a multiple-choice JSONL; `extra_fields` are required string fields kept too."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise EvalDataError(f"{path}: no such file")
   items = []
-  with path.open(encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      where = f"{path}:{lineno}"
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise EvalDataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-      if not isinstance(record, dict):
-        raise EvalDataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-      prompt = record.get("prompt")
-      if not isinstance(prompt, str) or not prompt:
-        raise EvalDataError(f"{where}:prompt: expected a non-empty string, got {prompt!r:.80}")
-      corrects = _string_list(where, record, "corrects")
-      incorrects = _string_list(where, record, "incorrects")
-      extra = []
-      for field in extra_fields:
-        value = record.get(field)
-        if not isinstance(value, str) or not value:
-          raise EvalDataError(f"{where}:{field}: expected a non-empty string, got {value!r:.80}")
-        extra.append((field, value))
-      items.append(MCItem(prompt, corrects, incorrects, where, tuple(extra)))
+  for where, record in iter_jsonl(path, EvalDataError):
+    prompt = record.get("prompt")
+    if not isinstance(prompt, str) or not prompt:
+      raise EvalDataError(f"{where}:prompt: expected a non-empty string, got {prompt!r:.80}")
+    corrects = _string_list(where, record, "corrects")
+    incorrects = _string_list(where, record, "incorrects")
+    extra = []
+    for field in extra_fields:
+      value = record.get(field)
+      if not isinstance(value, str) or not value:
+        raise EvalDataError(f"{where}:{field}: expected a non-empty string, got {value!r:.80}")
+      extra.append((field, value))
+    items.append(MCItem(prompt, corrects, incorrects, where, tuple(extra)))
   if not items:
     raise EvalDataError(f"{path}: no items")
   return items
