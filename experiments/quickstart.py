@@ -34,26 +34,26 @@ def get_config(variant: str | None = None):
   c.n_prompts, c.n_helpful, c.n_rounds, c.n_few_shot = 8, 4, 2, 1
 
   c = config.sft
-  c.seq_len, c.batch_size, c.num_steps = 256, 4, 12
-  c.eval_every, c.checkpoint_every, c.log_every = 6, 6, 2
+  c.seq_len, c.batch_size, c.num_steps = 256, 4, 8
+  c.eval_every, c.checkpoint_every, c.log_every = 4, 4, 1
   c.optim.lr, c.optim.warmup_steps, c.optim.schedule = 2e-5, 2, "constant"
 
   c = config.feedback
-  c.n_prompts, c.n_few_shot = 8, 1
+  c.n_prompts, c.n_few_shot = 6, 1
 
   c = config.rm
-  c.batch_size, c.num_steps, c.max_len = 4, 12, 256
-  c.eval_every, c.checkpoint_every, c.eval_fraction = 6, 6, 0.25
+  c.batch_size, c.num_steps, c.max_len = 4, 8, 256
+  c.eval_every, c.checkpoint_every, c.eval_fraction = 4, 4, 0.25
   c.lr = 1e-5
 
   c = config.ppo
-  c.num_steps, c.rollout_batch_size, c.minibatch_size, c.sample_batch_size = 4, 8, 4, 8
+  c.num_steps, c.rollout_batch_size, c.minibatch_size, c.sample_batch_size = 3, 8, 4, 8
   c.max_prompt_len, c.max_new_tokens = 128, 32
   c.checkpoint_every = 2
   c.prompts = "red_team"
 
   config.eval.hhh = str(HHH)
-  config.eval.limit = 40
+  config.eval.limit = 24
   config.pipeline.stages = "" if HHH.exists() else "sl-data,sft,feedback,rm,ppo"
 
   if variant == "tiny":
