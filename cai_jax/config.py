@@ -240,6 +240,15 @@ def base_config() -> ConfigDict:
   return config
 
 
+def use_tiny_model(config: ConfigDict, chat_template: str = "transcript") -> ConfigDict:
+  """Points `config.model` at a fresh random `tiny` model with the byte tokenizer (tests, smoke runs)."""
+  config.model.source = "random"
+  config.model.preset = "tiny"
+  config.model.tokenizer = "bytes"
+  config.model.chat_template = chat_template
+  return config
+
+
 @validator("model")
 def _validate_model(c: ConfigDict) -> None:
   from cai_jax.models.config import PRESETS, to_dtype

@@ -15,7 +15,7 @@ e.g. --config.sl_data.n_prompts=-1 --config.sft.num_steps=1000.
 
 import pathlib
 
-from cai_jax.config import base_config
+from cai_jax.config import base_config, use_tiny_model
 
 HHH = pathlib.Path(__file__).resolve().parents[1].parent / "shared/data/cai_paper/evals/438HHHEvaluations.jsonl"
 
@@ -58,10 +58,7 @@ def get_config(variant: str | None = None):
 
   if variant == "tiny":
     config.workdir = "runs/quickstart_tiny"
-    config.model.source = "random"
-    config.model.preset = "tiny"
-    config.model.tokenizer = "bytes"
-    config.model.chat_template = "transcript"
+    use_tiny_model(config)
     config.sampler.max_new_tokens = 16
     config.sampler.max_prompt_len = 512
     config.sl_data.n_prompts, config.sl_data.n_helpful = 4, 2

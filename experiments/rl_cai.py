@@ -9,7 +9,7 @@ the reward model from the `rm` stage (<workdir>/rm); override with
 tiny model learns to write lowercase letters (reward = their count).
 """
 
-from cai_jax.config import base_config
+from cai_jax.config import base_config, use_tiny_model
 
 
 def get_config(variant: str | None = None):
@@ -18,10 +18,7 @@ def get_config(variant: str | None = None):
   c = config.ppo
   if variant == "tiny":
     config.workdir = "runs/rl_cai_tiny"
-    config.model.source = "random"
-    config.model.preset = "tiny"
-    config.model.tokenizer = "bytes"
-    config.model.chat_template = "transcript"
+    use_tiny_model(config)
     c.reward = "token_count"
     c.prompts = "red_team"
     c.num_steps = 20
