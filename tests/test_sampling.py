@@ -94,6 +94,22 @@ def test_top_p_mask_matches_numpy(p):
   np.testing.assert_array_equal(sampling.top_p_mask(jnp.asarray(x), p), _np_top_p(x, p))
 
 
+@pytest.mark.parametrize("vocab_axis", [-1, 0])
+def test_greedy_select_matches_argmax_and_log_softmax(vocab_axis):
+  rng = np.random.default_rng(3)
+  logits = rng.normal(size=(5, 300)).astype(np.float32)
+  logits[1, [7, 40, 299]] = 9.0  # ties at the max: the first index wins, as in np.argmax
+  logits[2, :] = -2.5  # a flat row
+  x = jnp.asarray(logits if vocab_axis == -1 else logits.T)
+  for rows in (x, x[:1] if vocab_axis == -1 else x[:, :1]):  # the one-row fast path too
+    tokens, logp = sampling._select(rows, None, 0, 1.0, 1.0, greedy=True, top_k=0, use_top_p=False,
+                                    vocab_axis=vocab_axis)
+    ref = np.asarray(rows if vocab_axis == -1 else rows.T)
+    np.testing.assert_array_equal(tokens, ref.argmax(-1))
+    expect = jax.nn.log_softmax(ref, -1)[np.arange(len(ref)), ref.argmax(-1)]
+    np.testing.assert_allclose(logp, expect, rtol=1e-6, atol=1e-6)
+
+
 def test_top_k_one_sampling_is_greedy(tiny):
   graphdef, params = tiny
   greedy = sampling.generate(graphdef, params, PROMPTS, rng=jax.random.key(0), max_new_tokens=8,
@@ -172,4 +188,4 @@ def test_decode_step_logits_match_the_transformer_full_forward(tied):
     visible = decode.visible_slots(lengths, 7, jnp.int32(step), 10)
     logits, layer_cache = decode.decode_step(cfg, weights, tokens[jnp.arange(3), pos], pos,
                                              layer_cache, jnp.int32(7 + step), visible)
-    np.testing.assert_allclose(logits, full[jnp.arange(3), pos], atol=1e-5)
+    np.testing.assert_allclose(logits.T, full[jnp.arange(3), pos], atol=1e-5)

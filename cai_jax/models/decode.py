@@ -75,9 +75,9 @@ def _rope_fm(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
 
 def cache_from_prefill(cache: KVCache, extra_slots: int) -> list[tuple[jax.Array, jax.Array]]:
   """Prefill cache [L, B, T, K, H] -> per layer (keys [B, K, H, T+extra], values [B, K, T+extra, H])."""
-  pad = ((0, 0), (0, 0), (0, 0), (0, extra_slots))
-  return [(jnp.pad(jnp.transpose(cache.k[l], (0, 2, 3, 1)), pad),
-           jnp.pad(jnp.transpose(cache.v[l], (0, 2, 1, 3)), pad[:2] + pad[3:] + pad[2:3]))
+  pad = ((0, 0), (0, 0), (0, extra_slots), (0, 0))
+  return [(jnp.pad(jnp.transpose(cache.k[l], (0, 2, 3, 1)), pad[:2] + pad[3:] + pad[2:3]),
+           jnp.pad(jnp.transpose(cache.v[l], (0, 2, 1, 3)), pad))
           for l in range(cache.k.shape[0])]
 
 
@@ -94,7 +94,7 @@ def decode_step(cfg: ModelConfig, weights: dict, tokens: jax.Array, positions: j
 
   weights: `unstack_params(...)`; cache: per layer (keys [B, K, H, S], values
   [B, K, S, H]); visible: [B, S] (the slots each row attends to, `slot` included).
-  Returns (logits [B, V] float32, updated cache).
+  Returns (logits [V, B] float32 -- vocabulary-major, updated cache).
   """
   dt = to_dtype(cfg.dtype)
   B = tokens.shape[0]
@@ -115,11 +115,17 @@ def decode_step(cfg: ModelConfig, weights: dict, tokens: jax.Array, positions: j
     values = jax.lax.dynamic_update_slice(values, jnp.transpose(v, (2, 0, 1))[:, :, None].astype(values.dtype),
                                           (0, 0, slot, 0))
     new_cache.append((keys, values))
-    scores = jnp.einsum("kghb,bkhs->bkgs", q.reshape(K, G, H, B), keys.astype(dt),
-                        preferred_element_type=jnp.float32) / math.sqrt(H)
-    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-    attn = jnp.einsum("bkgs,bksh->kghb", probs, values.astype(dt)).reshape(N * H, B)
+    # Broadcast-multiply-reduce instead of batched matmuls: each (b, k) pair is
+    # a [G, H] x [H, S] product too small for a GEMM call, and a GEMM library
+    # may first copy the whole cache into its preferred layout. Summing over a
+    # non-minor axis keeps the cache's minor axis (S for keys, H for values)
+    # as the vector lane.
+    q = jnp.transpose(q.reshape(K, G, H, B), (3, 0, 1, 2)).astype(jnp.float32)  # [B, K, G, H]
+    scores = jnp.sum(q[..., None] * keys.astype(jnp.float32)[:, :, None], axis=3) / math.sqrt(H)
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)  # [B, K, G, S]
+    probs = jax.nn.softmax(scores, axis=-1)
+    attn = jnp.sum(probs[..., None] * values.astype(jnp.float32)[:, :, None], axis=3)  # [B, K, G, H]
+    attn = jnp.transpose(attn, (1, 2, 3, 0)).reshape(N * H, B).astype(dt)
     x = x + w["wo_t"] @ attn
     h = _rms_norm_fm(x, w["mlp_norm"], cfg.norm_eps)
     gate, up = jnp.split(w["w_gateup_t"] @ h, 2, axis=0)  # [F, B] each
@@ -128,5 +134,6 @@ def decode_step(cfg: ModelConfig, weights: dict, tokens: jax.Array, positions: j
   head = weights["embed"] if cfg.tie_embeddings else weights["lm_head_t"]
   logits = jnp.matmul(head.astype(dt), x, preferred_element_type=jnp.float32)  # [V, B]
   # Keep the [V, B] product as computed; a transpose folded into the matmul
-  # would turn it back into the slow skinny-left-hand-side form.
-  return jax.lax.optimization_barrier(logits).T, new_cache
+  # would turn it back into the slow skinny-left-hand-side form. The caller
+  # reduces over axis 0 (greedy) or transposes (sampling).
+  return jax.lax.optimization_barrier(logits), new_cache
