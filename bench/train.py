@@ -63,7 +63,7 @@ def run_jax(steps: int, B: int, T: int, remat: bool = True) -> dict:
   m = load_model(section, mesh)
   tx = make_optimizer(optim_section(lr=LR, grad_clip=CLIP, weight_decay=0.0))
   pshard = jax.tree.map(lambda x: x.sharding, m.params)
-  state, sshard = init_train_state(m.params, pshard, tx, jax.random.key(0), mesh)
+  state, sshard = init_train_state(m.params, pshard, tx, jax.random.key(0), mesh, donate=True)
   step = sft.make_sft_step(graphdef=m.graphdef, tx=tx, state_shardings=sshard, mesh=mesh)
   batch = sharding.shard_batch(_batch(m.cfg.vocab_size, B, T), mesh)
   losses, times = [], []

@@ -2,8 +2,9 @@
 
     loss(outputs: dict[str, Array], batch: dict[str, Array], cfg: Mapping) -> LossOutput
 
-`outputs` holds what the step's forward pass computed ("logits" [B, T, V],
-"rewards" [B], "values" [B, T], "logprobs" [B, T], ...); `batch` the inputs;
+`outputs` holds what the step's forward pass computed ("logits" [B, T, V] or
+"hidden" [B, T, D] + "head" [V, D], "rewards" [B], "values" [B, T],
+"logprobs" [B, T], ...); `batch` the inputs;
 `cfg` the loss's own settings (a config section or a plain dict). Configs pick
 losses by name (`get_loss("sft_ce")`). Losses of other stages are appended
 below with `@register_loss`.
@@ -16,6 +17,8 @@ from collections.abc import Callable, Mapping
 import flax.struct
 import jax
 import jax.numpy as jnp
+
+from cai_jax import fused_ce
 
 
 @flax.struct.dataclass
@@ -47,28 +50,44 @@ def get_loss(name: str) -> LossFn:
   return _LOSSES[name]
 
 
+def lm_logits(outputs: Mapping[str, jax.Array]) -> jax.Array:
+  """[B, T, V] float32 logits from outputs["logits"], or from "hidden" @ "head"^T."""
+  if "logits" in outputs:
+    return outputs["logits"].astype(jnp.float32)
+  return jnp.einsum("btd,vd->btv", outputs["hidden"], outputs["head"],
+                    preferred_element_type=jnp.float32)
+
+
 @register_loss("sft_ce")
 def sft_ce(outputs: Mapping[str, jax.Array], batch: Mapping[str, jax.Array], cfg: Mapping) -> LossOutput:
   """Next-token cross-entropy on response tokens only.
 
-  outputs["logits"] [B, T, V] predicts the token at t + 1 from position t.
-  batch["tokens"] [B, T]; batch["loss_mask"] [B, T] is 1 where tokens[t] is a
-  response token to train on (its logits are at t - 1, so position 0 never
-  counts). Mean over the masked targets; an all-zero mask gives loss 0.
-  cfg is unused (kept for the common signature).
+  The logits at position t predict tokens[t + 1]. outputs holds either
+  "logits" [B, T, V], or "hidden" [B, T, D] with "head" [V, D] (what the SFT
+  step passes): then the loss runs chunked through `fused_ce` and the
+  [B, T, V] logits never exist. batch["tokens"] [B, T]; batch["loss_mask"]
+  [B, T] is 1 where tokens[t] is a response token to train on (position 0
+  never counts). Mean over the masked targets; an all-zero mask gives loss 0.
+  accuracy: share of targets that hold the top logit. cfg is unused (kept for
+  the common signature).
   """
   del cfg
-  logits = outputs["logits"][:, :-1].astype(jnp.float32)  # [B, T-1, V]
-  targets = batch["tokens"][:, 1:]  # [B, T-1]
-  mask = batch["loss_mask"][:, 1:].astype(jnp.float32)  # [B, T-1]
-  logz = jax.nn.logsumexp(logits, axis=-1)  # [B, T-1]
-  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-  nll = logz - target_logit  # [B, T-1]
+  tokens = batch["tokens"]
+  # Shifted targets, padded back to length T so that position t pairs with logits t.
+  targets = jnp.pad(tokens[:, 1:], ((0, 0), (0, 1)))
+  mask = jnp.pad(batch["loss_mask"][:, 1:].astype(jnp.float32), ((0, 0), (0, 1)))
   n = mask.sum()
   denom = jnp.maximum(n, 1.0)
-  loss = (nll * mask).sum() / denom
-  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-  accuracy = (correct * mask).sum() / denom
+  if "logits" in outputs:
+    logits = outputs["logits"].astype(jnp.float32)  # [B, T, V]
+    logz = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    loss = ((logz - target_logit) * mask).sum() / denom
+    correct = ((target_logit >= logits.max(axis=-1)) * mask).sum()
+  else:
+    loss, correct = fused_ce.linear_cross_entropy(outputs["hidden"], outputs["head"], targets,
+                                                  mask / denom)
+  accuracy = correct.astype(jnp.float32) / denom
   return LossOutput(total=loss, metrics={"loss": loss, "accuracy": accuracy, "n_tokens": n})
 
 

@@ -1,5 +1,6 @@
 """The loss registry and sft_ce against a NumPy reference."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -67,3 +68,31 @@ def test_registry_names_unknown_losses_and_refuses_duplicates():
   assert get_loss("_test_only_loss") is one
   with pytest.raises(ValueError, match="already registered"):
     register_loss("_test_only_loss")(lambda o, b, c: None)
+
+
+@pytest.mark.parametrize("chunk_tokens", [256, 6])  # one chunk; several chunks (6 -> 3 positions x 2 rows)
+def test_fused_sft_ce_matches_the_logits_path_in_value_and_gradient(monkeypatch, chunk_tokens):
+  from cai_jax import fused_ce
+  monkeypatch.setattr(fused_ce, "CHUNK_TOKENS", chunk_tokens)
+  rng = np.random.default_rng(4)
+  B, T, D, V = 2, 9, 8, 37
+  hidden = jnp.asarray(rng.normal(size=(B, T, D)), jnp.float32)
+  head = jnp.asarray(rng.normal(size=(V, D)), jnp.float32)
+  batch = {"tokens": jnp.asarray(rng.integers(0, V, (B, T)), jnp.int32),
+           "loss_mask": jnp.asarray(rng.integers(0, 2, (B, T)), jnp.int32)}
+  sft_ce = get_loss("sft_ce")
+
+  def via_logits(h, w):
+    return sft_ce({"logits": jnp.einsum("btd,vd->btv", h, w)}, batch, {})
+
+  def fused(h, w):
+    return sft_ce({"hidden": h, "head": w}, batch, {})
+
+  ref, out = via_logits(hidden, head), jax.jit(fused)(hidden, head)
+  for k in ("loss", "accuracy", "n_tokens"):
+    np.testing.assert_allclose(out.metrics[k], ref.metrics[k], rtol=1e-5, atol=1e-6)
+  g_ref = jax.grad(lambda h, w: via_logits(h, w).total, argnums=(0, 1))(hidden, head)
+  g_out = jax.jit(jax.grad(lambda h, w: fused(h, w).total, argnums=(0, 1)))(hidden, head)
+  for a, b in zip(g_out, g_ref):
+    assert float(jnp.abs(b).max()) > 0
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

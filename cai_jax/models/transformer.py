@@ -185,6 +185,13 @@ class Transformer(nnx.Module):
     new_cache = None if cache is None else KVCache(k=new_k, v=new_v)
     return x, new_cache
 
+  def unembedding(self) -> jax.Array:
+    """The read-out matrix [V, D] in the compute dtype (logits = hidden @ it^T)."""
+    dt = to_dtype(self.cfg.dtype)
+    if self.cfg.tie_embeddings:
+      return self.embed[...].astype(dt)
+    return self.lm_head[...].astype(dt).T
+
   def logits(self, hidden: jax.Array) -> jax.Array:
     """Projects hidden states [B, T, D] to float32 logits [B, T, V]."""
     dt = to_dtype(self.cfg.dtype)

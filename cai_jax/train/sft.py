@@ -10,6 +10,7 @@ Hugging Face safetensors under `<workdir>/sft/hf`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -34,10 +35,15 @@ BATCH_KEYS = ("tokens", "positions", "segment_ids", "loss_mask")
 
 
 def lm_outputs(graphdef: Any, params: Any, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-  """The forward pass SFT losses read: {"logits": [B, T, V] float32}."""
+  """The forward pass SFT losses read: {"hidden": [B, T, D], "head": [V, D]}.
+
+  The read-out is left to the loss, so that sft_ce can fuse it with the
+  cross-entropy (losses.sft_ce / fused_ce.py); `losses.lm_logits` turns these
+  into [B, T, V] logits for a loss that wants them.
+  """
   model = nnx.merge(graphdef, params)
-  logits, _ = model(batch["tokens"], batch["positions"], segment_ids=batch["segment_ids"])
-  return {"logits": logits}
+  hidden, _ = model.hidden(batch["tokens"], batch["positions"], segment_ids=batch["segment_ids"])
+  return {"hidden": hidden, "head": model.unembedding()}
 
 
 def sft_step(state: TrainState, batch: Mapping[str, jax.Array], *, graphdef: Any,
@@ -175,7 +181,9 @@ def run(config) -> dict:
 
   tx = make_optimizer(c.optim, c.num_steps)
   p_shard = jax.tree.map(lambda x: x.sharding, loaded.params)
-  state, s_shard = init_train_state(loaded.params, p_shard, tx, jax.random.key(c.seed), mesh)
+  state, s_shard = init_train_state(loaded.params, p_shard, tx, jax.random.key(c.seed), mesh,
+                                    donate=True)
+  loaded = dataclasses.replace(loaded, params=None)  # donated to the state
   ckpt = Checkpointer(sft_dir / "checkpoints", keep=c.keep)
   state, extra = restore_or_keep(ckpt, state, s_shard)
   stream = SFTBatches(sources, [1.0 - frac, frac], seq_len=c.seq_len, batch_size=c.batch_size,

@@ -127,8 +127,15 @@ def abstract_state(params: Any, tx: optax.GradientTransformation, rng: jax.Array
 
 
 def init_train_state(params: Any, param_shardings: Any, tx: optax.GradientTransformation,
-                     rng: jax.Array, mesh: Mesh) -> tuple[TrainState, TrainState]:
-  """(state built directly into its shardings, the state's shardings)."""
+                     rng: jax.Array, mesh: Mesh, *, donate: bool = False
+                     ) -> tuple[TrainState, TrainState]:
+  """(state built directly into its shardings, the state's shardings).
+
+  donate=True hands `params`' buffers to the state (no second copy of the
+  weights; the caller's arrays are deleted) -- what a stage that loaded the
+  weights only to train them wants.
+  """
   shardings = state_shardings(abstract_state(params, tx, rng), param_shardings, mesh)
-  state = jax.jit(lambda p, r: create_train_state(p, tx, r), out_shardings=shardings)(params, rng)
+  state = jax.jit(lambda p, r: create_train_state(p, tx, r), out_shardings=shardings,
+                  donate_argnums=(0,) if donate else ())(params, rng)
   return state, shardings
