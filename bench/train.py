@@ -2,10 +2,12 @@
 
   python bench/train.py [--steps 4] [--batch 8] [--seq 256] [--no-remat]
 
-cai_jax runs with per-layer remat by default (without it the step needs ~8 GB).
-Measured once here (2 shared cores, load ~10, median of 2 steps, so noisy):
-cai_jax 32 tokens/s at 5.17 GB peak RSS vs torch 31 tokens/s at 8.41 GB (1.02x);
-27.2 GFLOP/s = 37% of a measured 73.6 GFLOP/s fp32 matmul peak.
+cai_jax runs with per-layer remat by default (without it the step needs ~8 GB)
+and the fused chunked cross-entropy of cai_jax/fused_ce.py (no [B, T, V] logits).
+Measured on a quiet 2-core machine (2026-11-23, median of 3 steps; repeated runs
+of the same code vary by +-15%): cai_jax 124 tokens/s at 3.98 GB peak RSS vs
+torch 141 tokens/s at 8.45 GB (0.88x; an earlier run of the same pair gave
+122 vs 134); 107 GFLOP/s = 57% of a measured 189 GFLOP/s fp32 matmul peak.
 
 Same model (the embedded GGUF, dequantized to fp32; torch loads our HF export of
 it), same batch (random tokens, the first quarter of each row masked as

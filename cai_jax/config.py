@@ -321,6 +321,13 @@ def _validate_ppo(c: ConfigDict) -> None:
                      f"clip_eps > 0; got {c.kl_target}, {c.kl_coef}, {c.clip_eps}")
 
 
+@validator("eval")
+def _validate_eval(c: ConfigDict) -> None:
+  if c.cot and not c.judge:
+    raise ValueError("eval.cot: the chain-of-thought judge runs only with eval.judge=True "
+                     "(got judge=False, cot=True, which would evaluate nothing with CoT)")
+
+
 @validator("feedback")
 def _validate_feedback(c: ConfigDict) -> None:
   if c.k_principles < 1:

@@ -278,3 +278,9 @@ def test_bfloat16_safetensors_import_without_torch_in_the_reader(tmp_path):
   want = f32["model.layers.1.self_attn.k_proj.weight"].to(torch.bfloat16).float().numpy().T
   np.testing.assert_array_equal(got["layers"]["wk"][1], want)
   assert not np.array_equal(want, f32["model.layers.1.self_attn.k_proj.weight"].numpy().T)
+
+
+def test_cot_judge_without_the_judge_is_a_config_error():
+  from cai_jax.cli import load_config
+  with pytest.raises(SystemExit, match="eval.cot.*judge=True"):
+    load_config(["--config=experiments/tiny.py", "--config.eval.judge=False", "--config.eval.cot=True"])

@@ -15,7 +15,14 @@ So the sampler prepares the weights once per call and runs this step:
     [B, K, H, S], values [B, K, S, H]), and every row writes its step-t token
     into the same slot (prompt width + t): one in-place update instead of a
     per-row scatter; a per-row visibility mask replaces the model's
-    "slot = position" rule. Positions (RoPE) stay per row.
+    "slot = position" rule. Positions (RoPE) stay per row;
+  * attention as broadcast-multiply-reduce in float32 rather than batched
+    matmuls: per (row, kv head) the products are [G, H] x [H, S], far too
+    small for a GEMM call, and XLA's CPU GEMM path copied the whole key cache
+    into its preferred layout every step (measured: attention + copies
+    ~30 ms of a ~96 ms batch-32 step before, ~10 ms after);
+  * the logits stay vocabulary-major [V, B] and the greedy pick reduces over
+    axis 0 (sampling.py), skipping a [B, V] transpose per token.
 
 The arithmetic is the Transformer block's (RMSNorm and RoPE in float32, GQA
 with a float32 softmax); tests/test_sampling.py checks this step against the
