@@ -176,7 +176,8 @@ class Transformer(nnx.Module):
       return x, (cache_k, cache_v)
 
     if cfg.remat:
-      block = jax.checkpoint(block, policy=jax.checkpoint_policies.nothing_saveable)
+      # prevent_cse=False: scan already keeps the recomputation apart (JAX docs advice).
+      block = jax.checkpoint(block, policy=jax.checkpoint_policies.nothing_saveable, prevent_cse=False)
     xs = (self.layers.weights(),
           None if cache is None else cache.k,
           None if cache is None else cache.v)
