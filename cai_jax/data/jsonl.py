@@ -5,16 +5,25 @@ from __future__ import annotations
 import gzip
 import json
 import pathlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 def iter_jsonl(path: str | pathlib.Path, error: type[Exception] = ValueError,
+               on_bad_line: Callable[[str, str], None] | None = None,
                ) -> Iterator[tuple[str, dict]]:
   """Yields ("<file>:<line>", record) for every non-blank line of a JSONL(.gz) file.
 
-  A missing file, a line that is not JSON, or a line that is not a JSON object
-  raises `error` with the file and line, so callers only check their fields.
+  A missing file raises `error`. A line that is not JSON, or not a JSON
+  object, raises `error` with the file and line -- or, when `on_bad_line` is
+  given, is handed to it as (reason, message) with reason "malformed_json" or
+  "not_an_object" and passed over (callers that count and skip bad data).
+  Callers then only check their fields.
   """
+  def bad(reason: str, message: str) -> None:
+    if on_bad_line is None:
+      raise error(message)
+    on_bad_line(reason, message)
+
   path = pathlib.Path(path)
   if not path.is_file():
     raise error(f"{path}: no such file")
@@ -27,7 +36,9 @@ def iter_jsonl(path: str | pathlib.Path, error: type[Exception] = ValueError,
       try:
         record = json.loads(line)
       except json.JSONDecodeError as e:
-        raise error(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+        bad("malformed_json", f"{where}: not valid JSON ({e.msg} at column {e.colno})")
+        continue
       if not isinstance(record, dict):
-        raise error(f"{where}: expected a JSON object, got {type(record).__name__}")
+        bad("not_an_object", f"{where}: expected a JSON object, got {type(record).__name__}")
+        continue
       yield where, record

@@ -33,6 +33,7 @@ import grain
 import jax
 import numpy as np
 
+from cai_jax.data.jsonl import iter_jsonl
 from cai_jax.tokenizer import ChatTemplate, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -101,19 +102,15 @@ def read_sl_cai(paths: Sequence[str | pathlib.Path], *, rounds: str = "all", on_
   for path in map(pathlib.Path, paths):
     if not path.is_file():
       raise DataError(f"{path}: no such file (sft.data)")
-    text = path.read_text(encoding="utf-8")
-    if not text.strip():
-      _fail_or_skip(on_error, report, "empty_file", f"{path}: empty file, expected SL-CAI JSONL records")
-      continue
-    for lineno, line in enumerate(text.splitlines(), start=1):
-      if not line.strip():
-        continue
-      where = f"{path}:{lineno}"
-      try:
-        rec = json.loads(line)
-      except json.JSONDecodeError as e:
-        _fail_or_skip(on_error, report, "malformed_json", f"{where}: not valid JSON ({e.msg} at column {e.colno})")
-        continue
+    lines = 0
+
+    def bad_line(reason: str, message: str) -> None:
+      nonlocal lines
+      lines += 1
+      _fail_or_skip(on_error, report, reason, message)
+
+    for where, rec in iter_jsonl(path, DataError, on_bad_line=bad_line):
+      lines += 1
       got = _examples_of(rec, where, rounds)
       if isinstance(got, str):
         _fail_or_skip(on_error, report, "missing_field", f"{where}: {got}")
@@ -122,13 +119,13 @@ def read_sl_cai(paths: Sequence[str | pathlib.Path], *, rounds: str = "all", on_
       for ex in got:
         report.n_examples[ex.kind] += 1
       out.extend(got)
+    if not lines:
+      _fail_or_skip(on_error, report, "empty_file", f"{path}: empty file, expected SL-CAI JSONL records")
   return out
 
 
 def _examples_of(rec, where: str, rounds: str) -> list[Example] | str:
   """The record's examples, or a description of what is wrong with it."""
-  if not isinstance(rec, dict):
-    return f"expected a JSON object, got {type(rec).__name__}"
   for field in ("id", "prompt", "kind"):
     if not isinstance(rec.get(field), str) or not rec[field]:
       return f"missing or empty string field {field!r}"
