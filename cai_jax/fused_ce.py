@@ -102,11 +102,11 @@ def _fwd(hidden, head, targets, weights):
   xs = (_split(hidden, c), _split(targets, c), _split(weights, c))
   init = (jnp.float32(0), jnp.int32(0), jnp.zeros(head.shape[::-1], jnp.float32))
   (loss, correct, d_head), d_hidden = jax.lax.scan(body, init, xs)
-  return (loss, correct), (_merge(d_hidden), d_head.T.astype(head.dtype), targets, weights)
+  return (loss, correct), (_merge(d_hidden), d_head.T.astype(head.dtype), weights)
 
 
 def _bwd(residuals, cotangents):
-  d_hidden, d_head, targets, weights = residuals
+  d_hidden, d_head, weights = residuals
   g = cotangents[0]  # the correct count has no gradient
   return ((g * d_hidden).astype(d_hidden.dtype), (g * d_head).astype(d_head.dtype),
           None, jnp.zeros_like(weights))

@@ -82,9 +82,10 @@ def _rope_fm(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
 
 def cache_from_prefill(cache: KVCache, extra_slots: int) -> list[tuple[jax.Array, jax.Array]]:
   """Prefill cache [L, B, T, K, H] -> per layer (keys [B, K, H, T+extra], values [B, K, T+extra, H])."""
-  pad = ((0, 0), (0, 0), (0, extra_slots), (0, 0))
-  return [(jnp.pad(jnp.transpose(cache.k[l], (0, 2, 3, 1)), pad[:2] + pad[3:] + pad[2:3]),
-           jnp.pad(jnp.transpose(cache.v[l], (0, 2, 1, 3)), pad))
+  keys_pad = ((0, 0), (0, 0), (0, 0), (0, extra_slots))  # slots are the last axis of keys
+  values_pad = ((0, 0), (0, 0), (0, extra_slots), (0, 0))  # and the third of values
+  return [(jnp.pad(jnp.transpose(cache.k[l], (0, 2, 3, 1)), keys_pad),
+           jnp.pad(jnp.transpose(cache.v[l], (0, 2, 1, 3)), values_pad))
           for l in range(cache.k.shape[0])]
 
 
