@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from cai_jax import sharding
-from cai_jax.models import KVCache, Transformer, get_model_config
+from cai_jax.models import KVCache, Transformer, get_model_config, transformer
 
 
 def _inputs(cfg, batch=4, length=12, seed=0):
@@ -91,3 +91,19 @@ def test_model_config_validation():
     get_model_config("tiny", n_kv_heads=3)
   with pytest.raises(ValueError, match="unknown model preset 'gpt5'"):
     get_model_config("gpt5")
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_dense_custom_backward_matches_einsum(dtype):
+  """transformer.dense has a hand-written VJP; its values and gradients are einsum's."""
+  kx, kw, kg = jax.random.split(jax.random.key(3), 3)
+  x = jax.random.normal(kx, (2, 5, 8), dtype)
+  w = jax.random.normal(kw, (8, 12), dtype)
+  g = jax.random.normal(kg, (2, 5, 12), dtype)
+  ours, ours_vjp = jax.vjp(transformer.dense, x, w)
+  ref, ref_vjp = jax.vjp(lambda a, b: jnp.einsum("btd,df->btf", a, b), x, w)
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2
+  np.testing.assert_allclose(np.asarray(ours, np.float32), np.asarray(ref, np.float32), rtol=tol, atol=tol)
+  for a, b in zip(ours_vjp(g), ref_vjp(g)):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=tol, atol=tol)

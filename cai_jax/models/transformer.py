@@ -111,6 +111,33 @@ def _attention(q, k, v, mask):
   return out.reshape(B, T, N * H)
 
 
+@jax.custom_vjp
+def dense(x: jax.Array, w: jax.Array) -> jax.Array:
+  """x [..., D] @ w [D, F] with a hand-written backward.
+
+  Same values and gradients as `jnp.einsum("...d,df->...f", x, w)`; the
+  backward computes dW as x^T [D, tokens] @ g [tokens, F]. With JAX's own
+  transpose rule, XLA:CPU fused the MLP's activation gradient into a
+  transposing copy of g (tens of ms per layer at [2048, 1536]); this form
+  measured 10-15% faster for the whole SFT step on CPU (bench/train.py).
+  """
+  return jnp.einsum("...d,df->...f", x, w)
+
+
+def _dense_fwd(x, w):
+  return dense(x, w), (x, w)
+
+
+def _dense_bwd(res, g):
+  x, w = res
+  dx = jnp.einsum("...f,df->...d", g, w)
+  dw = jnp.matmul(x.reshape(-1, x.shape[-1]).T, g.reshape(-1, g.shape[-1]))
+  return dx, dw.astype(w.dtype)
+
+
+dense.defvjp(_dense_fwd, _dense_bwd)
+
+
 def _write_cache(cache_l: jax.Array, new: jax.Array, start: jax.Array) -> jax.Array:
   """Writes new [B,T,K,H] into cache_l [B,S,K,H] at per-row slot offsets start [B]."""
   def one_row(c, x, s):
@@ -170,9 +197,9 @@ class Transformer(nnx.Module):
         k, v = cache_k.astype(dt), cache_v.astype(dt)
       x = x + jnp.einsum("bth,hd->btd", _attention(q, k, v, mask), w["wo"])
       h = rms_norm(x, w["mlp_norm"], cfg.norm_eps)
-      gate = jnp.einsum("btd,df->btf", h, w["w_gate"])
-      up = jnp.einsum("btd,df->btf", h, w["w_up"])
-      x = x + jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, w["w_down"])
+      gate = dense(h, w["w_gate"])  # the MLP's wide projections take the custom backward
+      up = dense(h, w["w_up"])
+      x = x + dense(jax.nn.silu(gate) * up, w["w_down"])
       return x, (cache_k, cache_v)
 
     if cfg.remat:
