@@ -4,10 +4,13 @@
 
 cai_jax runs with per-layer remat by default (without it the step needs ~8 GB)
 and the fused chunked cross-entropy of cai_jax/fused_ce.py (no [B, T, V] logits).
-Measured on a quiet 2-core machine (2026-11-23, median of 3 steps; repeated runs
-of the same code vary by +-15%): cai_jax 124 tokens/s at 3.98 GB peak RSS vs
-torch 141 tokens/s at 8.45 GB (0.88x; an earlier run of the same pair gave
-122 vs 134); 107 GFLOP/s = 57% of a measured 189 GFLOP/s fp32 matmul peak.
+Measured (2026-11-23; repeated runs of the same code vary by +-15%, so read
+ratios of runs taken side by side):
+  * 2-core Zen 4 VM (AVX-512), before transformer.dense: cai_jax 124 tokens/s
+    at 3.98 GB peak RSS vs torch 141 tokens/s at 8.45 GB (0.88x);
+  * 2-core Zen 3 VM (AVX2), same code: 90 vs 91 tokens/s (0.98x); with the
+    MLP's custom-VJP `transformer.dense`: 97 vs 85 tokens/s (1.13x) at
+    4.10 GB, 53% of a measured 157 GFLOP/s fp32 matmul peak.
 
 Same model (the embedded GGUF, dequantized to fp32; torch loads our HF export of
 it), same batch (random tokens, the first quarter of each row masked as

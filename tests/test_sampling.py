@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cai_jax import sampling, sharding
+from cai_jax import sampling, selection, sharding
 from cai_jax.models import Transformer
 
 PROMPTS = [[5, 9, 13], [7] * 11, [1, 2, 3, 4, 5, 6, 7], [200]]  # ragged on purpose
@@ -85,13 +85,13 @@ def _np_top_p(x, p):
 @pytest.mark.parametrize("k", [1, 3, 17])
 def test_top_k_mask_matches_numpy(k):
   x = np.random.default_rng(k).normal(size=(5, 40)).astype(np.float32)
-  np.testing.assert_array_equal(sampling.top_k_mask(jnp.asarray(x), k), _np_top_k(x, k))
+  np.testing.assert_array_equal(selection.top_k_mask(jnp.asarray(x), k), _np_top_k(x, k))
 
 
 @pytest.mark.parametrize("p", [0.05, 0.5, 0.9, 0.999])
 def test_top_p_mask_matches_numpy(p):
   x = 2.0 * np.random.default_rng(7).normal(size=(6, 50)).astype(np.float32)
-  np.testing.assert_array_equal(sampling.top_p_mask(jnp.asarray(x), p), _np_top_p(x, p))
+  np.testing.assert_array_equal(selection.top_p_mask(jnp.asarray(x), p), _np_top_p(x, p))
 
 
 @pytest.mark.parametrize("vocab_axis", [-1, 0])
@@ -102,7 +102,7 @@ def test_greedy_select_matches_argmax_and_log_softmax(vocab_axis):
   logits[2, :] = -2.5  # a flat row
   x = jnp.asarray(logits if vocab_axis == -1 else logits.T)
   for rows in (x, x[:1] if vocab_axis == -1 else x[:, :1]):  # the one-row fast path too
-    tokens, logp = sampling._select(rows, None, 0, 1.0, 1.0, greedy=True, top_k=0, use_top_p=False,
+    tokens, logp = selection.select(rows, None, 0, 1.0, 1.0, greedy=True, top_k=0, use_top_p=False,
                                     vocab_axis=vocab_axis)
     ref = np.asarray(rows if vocab_axis == -1 else rows.T)
     np.testing.assert_array_equal(tokens, ref.argmax(-1))

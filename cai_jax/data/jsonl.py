@@ -8,10 +8,21 @@ import pathlib
 from collections.abc import Callable, Iterator
 
 
+class Where(str):
+  """"<file>:<line>" for messages, with the line number as `.line`."""
+
+  line: int
+
+  def __new__(cls, path: pathlib.Path, line: int) -> "Where":
+    where = super().__new__(cls, f"{path}:{line}")
+    where.line = line
+    return where
+
+
 def iter_jsonl(path: str | pathlib.Path, error: type[Exception] = ValueError,
                on_bad_line: Callable[[str, str], None] | None = None,
-               ) -> Iterator[tuple[str, dict]]:
-  """Yields ("<file>:<line>", record) for every non-blank line of a JSONL(.gz) file.
+               ) -> Iterator[tuple[Where, dict]]:
+  """Yields (Where("<file>:<line>"), record) for every non-blank line of a JSONL(.gz) file.
 
   A missing file raises `error`. A line that is not JSON, or not a JSON
   object, raises `error` with the file and line -- or, when `on_bad_line` is
@@ -32,7 +43,7 @@ def iter_jsonl(path: str | pathlib.Path, error: type[Exception] = ValueError,
     for lineno, line in enumerate(f, 1):
       if not line.strip():
         continue
-      where = f"{path}:{lineno}"
+      where = Where(path, lineno)
       try:
         record = json.loads(line)
       except json.JSONDecodeError as e:

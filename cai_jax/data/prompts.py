@@ -43,7 +43,7 @@ def _read_jsonl(path: pathlib.Path, limit: int | None, dedupe: bool) -> list[Pro
   for where, record in iter_jsonl(path):
     if limit is not None and len(prompts) >= limit:
       break
-    line_no = int(where.rsplit(":", 1)[1])
+    line_no = where.line
     if "prompt" in record:
       text, pid = record["prompt"], str(record.get("id", f"{stem}-{line_no:06d}"))
       category = str(record.get("category", ""))
