@@ -15,6 +15,8 @@ import importlib
 import json
 import logging
 import pathlib
+import resource
+import sys
 import time
 
 from cai_jax import config as config_lib
@@ -46,6 +48,12 @@ def _stage_fn(name: str):
   return getattr(importlib.import_module(module), fn)
 
 
+def _peak_rss_gb() -> float:
+  """This process's peak resident memory (ru_maxrss: KiB on Linux, bytes on macOS)."""
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return peak / (1e9 if sys.platform == "darwin" else 1e6)
+
+
 def _jsonable(summary) -> dict:
   return json.loads(json.dumps(summary if isinstance(summary, dict) else {"result": summary},
                                default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
@@ -71,7 +79,8 @@ def run(config) -> dict:
     t0 = time.time()
     summaries[name] = _jsonable(_stage_fn(name)(stage_config))
     timings[name] = round(time.time() - t0, 1)
-    log.info("pipeline: %s done in %.0f s", name, timings[name])
+    log.info("pipeline: %s done in %.0f s; peak RSS so far %.1f GB", name, timings[name],
+             _peak_rss_gb())
   summaries["timing_s"] = {**timings, "total": round(time.time() - start, 1)}
   out = report.write_report(root, summaries, title="cai_jax pipeline report",
                             notes=[f"model: {config.model.source}", f"stages: {', '.join(stages)}"])
