@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 
 
-
 def top_k_mask(logits: jax.Array, k: int) -> jax.Array:
   """Keeps the k largest logits per row (ties at the k-th value are kept), rest -> -inf."""
   if k <= 0 or k >= logits.shape[-1]:
@@ -68,7 +67,7 @@ def greedy_pick(logits: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
 
 
 def select(logits, row_keys, step, temperature, top_p, *, greedy: bool, top_k: int,
-            use_top_p: bool, vocab_axis: int = -1):
+           use_top_p: bool, vocab_axis: int = -1):
   """Picks one token per row; returns (tokens [B], base-model log-probs [B]).
 
   logits: [B, V], or [V, B] with vocab_axis=0 (the decode step's layout).
