@@ -40,14 +40,10 @@ def load_models(dtype: str):
   import torch
   from transformers import AutoModelForCausalLM
 
-  from cai_jax.config import base_config
-  from cai_jax.models.load import load_model
+  from cai_jax.models.load import ModelSpec, load_model
   from cai_jax.weights import embedded_model_path
 
-  config = base_config()
-  config.model.source = "embedded"
-  config.model.dtype = config.model.param_dtype = dtype
-  ours = load_model(config.model, None, rules="sample")
+  ours = load_model(ModelSpec(source="embedded", dtype=dtype, param_dtype=dtype), None, rules="sample")
   path = embedded_model_path()
   hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
   hf = hf.to({"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]).eval()

@@ -55,17 +55,14 @@ def _rss_gb() -> float:
 
 def run_jax(steps: int, B: int, T: int, remat: bool = True) -> dict:
   import jax
-  import ml_collections
   from cai_jax import sharding
-  from cai_jax.models.load import load_model
+  from cai_jax.models.load import ModelSpec, load_model
   from cai_jax.train import sft
-  from cai_jax.train.state import init_train_state, make_optimizer, optim_section
+  from cai_jax.config import optim_section
+  from cai_jax.train.state import init_train_state, make_optimizer
 
-  section = ml_collections.ConfigDict(dict(source="embedded", preset="", dtype="float32",
-                                           param_dtype="float32", remat=remat, tokenizer="",
-                                           chat_template="chatml", system_prompt="", seed=0))
   mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
-  m = load_model(section, mesh)
+  m = load_model(ModelSpec(source="embedded", chat_template="chatml", remat=remat), mesh)
   tx = make_optimizer(optim_section(lr=LR, grad_clip=CLIP, weight_decay=0.0))
   pshard = jax.tree.map(lambda x: x.sharding, m.params)
   state, sshard = init_train_state(m.params, pshard, tx, jax.random.key(0), mesh, donate=True)

@@ -1,33 +1,22 @@
-"""`python -m cai_jax <stage> --config experiments/x.py --config.a.b=c`.
+"""`python -m cai_jax <stage> --config experiments/x.py[:variant] --config.a.b=c`.
 
-Each stage is a function `run(config) -> dict` in its own module; this file
-only maps stage names to them, parses the config and reports errors plainly.
+The face of the package: parses the flags, loads and validates the locked
+config, and calls the stage (`cai_jax.stages.get(name)(config)`). Config errors
+are reported plainly (exit code 2), never as a traceback.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
+import pathlib
 import sys
 
-# stage name -> "module:function". Each function takes the validated ConfigDict.
-STAGES: dict[str, str] = {
-    "pipeline": "cai_jax.pipeline:run",
-    "info": "cai_jax.stages.info:run",
-    "sl-data": "cai_jax.data.sl_cai:run",
-    "generate": "cai_jax.generate:run",
-    "feedback": "cai_jax.data.feedback:run",
-    "rm": "cai_jax.train.reward:run",
-    "eval-mc": "cai_jax.evals.multiple_choice:run",
-    "eval-hhh": "cai_jax.evals.hhh:run",
-    "ppo": "cai_jax.train.ppo_stage:run",
-    "sft": "cai_jax.train.sft:run",
-}
+from cai_jax import stages
 
 
 def _usage() -> str:
   return ("usage: python -m cai_jax <stage> --config experiments/<name>.py [--config.field=value ...]\n"
-          f"stages: {', '.join(sorted(STAGES))}")
+          f"stages: {', '.join(sorted(stages.STAGES))}")
 
 
 def load_config(argv: list[str]):
@@ -54,28 +43,46 @@ def load_config(argv: list[str]):
     raise SystemExit(f"config error: {e}") from None
 
 
-def _explain_override_error(argv: list[str]) -> str | None:
-  """Finds the --config.x.y flag that names no field, with a did-you-mean."""
-  import importlib.util
-
-  from cai_jax import config as config_lib
-
+def _config_arg(argv: list[str]) -> str | None:
+  """The --config value ("experiments/x.py" or "experiments/x.py:variant"), if given."""
   path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
   if path is None and "--config" in argv[:-1]:
     path = argv[argv.index("--config") + 1]
-  if path is None:
-    return None
+  return path
+
+
+def _load_experiment(arg: str):
+  """get_config(variant) of the experiment file named by a --config value."""
+  import importlib.util
+
+  path, _, variant = arg.partition(":")
+  if not pathlib.Path(path).is_file():
+    raise ValueError(f"{path}: no such experiment file")
   spec = importlib.util.spec_from_file_location("_experiment", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config()
-  for arg in argv:
-    if arg.startswith("--config."):
-      name = arg[len("--config."):].split("=", 1)[0]
+  return module.get_config(variant) if variant else module.get_config()
+
+
+def _explain_override_error(argv: list[str]) -> str | None:
+  """The plain reason a config failed to load: the experiment file's own error (unknown
+  variant, misspelt field), or the --config.x.y flag that names no field, with a did-you-mean."""
+  from cai_jax import config as config_lib
+
+  arg = _config_arg(argv)
+  if arg is None:
+    return None
+  try:
+    config = _load_experiment(arg)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    return str(e.args[0]) if e.args else str(e)
+  for a in argv:
+    if a.startswith("--config."):
+      name = a[len("--config."):].split("=", 1)[0]
       try:
         config_lib.apply_overrides(config, {name: config_lib.get_field(config, name)})
       except ValueError as e:
-        return f"{arg}: {e}"
+        return f"{a}: {e}"
   return None
 
 
@@ -106,10 +113,15 @@ def main(argv: list[str] | None = None) -> None:
     print(_usage())
     raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
   stage, rest = argv[0], argv[1:]
-  if stage not in STAGES:
+  if stage not in stages.STAGES:
     raise SystemExit(f"unknown stage {stage!r}\n" + _usage())
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                       datefmt="%H:%M:%S")
-  config = load_config(_shorthand_flags(rest))
-  module, fn = STAGES[stage].split(":")
-  getattr(importlib.import_module(module), fn)(config)
+  try:
+    config = load_config(_shorthand_flags(rest))
+  except SystemExit as e:
+    if not isinstance(e.code, str):
+      raise
+    print(e.code, file=sys.stderr)  # a config error: the message alone, exit code 2
+    raise SystemExit(2) from None
+  stages.get(stage)(config)

@@ -1,15 +1,18 @@
 """The one place every config field gets its default and its check.
 
-Experiments (`experiments/*.py`) start from `base_config()` and change what
-they need; the CLI then applies `--config.a.b=c` overrides. The ConfigDict is
-locked, so a misspelt field in an experiment file or on the command line is an
-error that names it. `validate(config)` checks values once, at start-up.
+Experiments (`experiments/*.py`) are `get_config` functions decorated with
+`experiment_config`: they receive `base_config()` and change what they need; the
+CLI then applies `--config.a.b=c` overrides. The ConfigDict is locked, so a
+misspelt field in an experiment file or on the command line is an error that
+names it with a did-you-mean. `validate(config)` checks values once, at start-up.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+import pathlib
+import traceback
+from collections.abc import Callable, Mapping, Sequence
 
 import ml_collections
 
@@ -25,6 +28,43 @@ def validator(section: str):
     _VALIDATORS[section] = fn
     return fn
   return register
+
+
+def optim_section(**overrides) -> ConfigDict:
+  """The `optim` fields with their defaults (sft, rm and ppo embed this; train.state.make_optimizer
+  reads them)."""
+  c = ConfigDict(dict(
+      name="adamw",  # adamw | sgd
+      lr=1e-5,
+      warmup_steps=0,
+      schedule="constant",  # constant | cosine | linear (decay to lr * final_lr_frac after warmup)
+      decay_steps=0,  # cosine/linear: steps to decay over (0 = the stage's num_steps)
+      final_lr_frac=0.0,
+      weight_decay=0.0,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      momentum=0.0,  # sgd
+      grad_clip=1.0,  # global-norm clip; 0 = off
+      grad_accum=1,  # micro-batches per update (optax.MultiSteps)
+  ))
+  c.update(overrides)
+  return c
+
+
+def validate_optim(c: Mapping, where: str = "optim") -> None:
+  """Raises ValueError("<where>.field: ...") for bad optimizer settings."""
+  if c["name"] not in ("adamw", "sgd"):
+    raise ValueError(f"{where}.name: {c['name']!r}; expected adamw or sgd")
+  if c["schedule"] not in ("constant", "cosine", "linear"):
+    raise ValueError(f"{where}.schedule: {c['schedule']!r}; expected constant, cosine or linear")
+  if c["lr"] <= 0:
+    raise ValueError(f"{where}.lr: must be positive, got {c['lr']}")
+  for field in ("warmup_steps", "decay_steps", "weight_decay", "grad_clip"):
+    if c[field] < 0:
+      raise ValueError(f"{where}.{field}: must be >= 0, got {c[field]}")
+  if c["grad_accum"] < 1:
+    raise ValueError(f"{where}.grad_accum: must be >= 1, got {c['grad_accum']}")
 
 
 def _model() -> ConfigDict:
@@ -65,7 +105,8 @@ def _sampler() -> ConfigDict:
 
 
 def _sl_data() -> ConfigDict:
-  # Stage `sl-data` (cai_jax/data/sl_cai.py); sampling settings come from `sampler`.
+  # Stage `sl-data` (stages/sl_data.py -> cai/revision.py); sampling settings come from `sampler`.
+  # Writes <workdir>/sl_data/sl_cai.jsonl (layout.py).
   return ConfigDict(dict(
       prompts="red_team",  # built-in set (red_team | helpful) or a JSONL(.gz) path, e.g. hh-rlhf
       n_prompts=-1,  # -1 = all
@@ -77,7 +118,6 @@ def _sl_data() -> ConfigDict:
       constitution="constitutions/base.toml",  # TOML path, or "paper:<dir>" for the paper's JSON prompts
       profile="",  # optional context profile TOML layered on top
       few_shot="",  # "" = the constitution's own few-shot file; "none" = no examples; or a TOML path
-      out="sl_cai.jsonl",  # relative to workdir
   ))
 
 
@@ -87,15 +127,14 @@ def _generate() -> ConfigDict:
 
 
 def _ppo() -> ConfigDict:
-  from cai_jax.train.state import optim_section
-  # Stage `ppo` (cai_jax/train/ppo.py, ppo_stage.py). Paper values ([HH] §4.1): KL coef
+  # Stage `ppo` (stages/ppo.py -> train/ppo.py). Paper values ([HH] §4.1): KL coef
   # 0.001, clip 0.2, gamma 1, no entropy bonus, 1 epoch, answers <= 128 tokens. Not in
   # the paper, our choices: lam 0.95, a separate critic initialised from the policy,
   # rollouts of 16 answers in minibatches of 8 (see ppo.py's docstring).
   return ConfigDict(dict(
       policy="",  # weights path (SFT export); "" = <workdir>/sft/hf if present, else config.model
       reward="rm",  # rm (the trained reward model) | token_count (synthetic, for tests/smoke runs)
-      reward_model="",  # workdir of the `rm` stage (reward="rm"); "" = this workdir
+      reward_model="",  # reward="rm": a trained reward model dir; "" = <workdir>/rm/model
       reward_tokens="abcdefghijklmnopqrstuvwxyz",  # reward="token_count": every token of this text scores 1
       prompts="red_team,helpful",  # comma-separated prompt specs (data/prompts.py)
       num_steps=100,  # PPO iterations: one rollout batch + its updates each
@@ -140,15 +179,14 @@ def _eval() -> ConfigDict:
       cot=False,  # eval-hhh: also the judge with chain-of-thought (sampled reasoning first)
       cot_limit=-1,  # CoT on the first N items only; -1 = same as limit
       cot_max_new_tokens=64,
-      reward_model="",  # eval-hhh: workdir of a trained `rm` stage to score text_correct vs text_incorrect
-      out="eval_hhh",  # eval-hhh: output directory (JSON + PNG), relative to workdir
+      reward_model="",  # eval-hhh: a trained reward model dir (<rm workdir>/rm/model) to score; "" = none
   ))
 
 
 def _feedback() -> ConfigDict:
-  # Stage `feedback` (data/feedback.py): AI preference labels by the multiple-choice prompt.
+  # Stage `feedback` (stages/feedback.py -> cai/labels.py): AI preference labels by the multiple-choice prompt.
   return ConfigDict(dict(
-      policy="",  # "" = the SFT export under workdir if present, else config.model; or a weights path
+      policy="",  # weights path; "" = <workdir>/sft/hf if present, else config.model (layout.py)
       prompts="red_team",  # prompt spec (data/prompts.py)
       n_prompts=-1,
       constitution="constitutions/base.toml",  # or "paper:<dir>" for the paper's 16 questions
@@ -162,15 +200,15 @@ def _feedback() -> ConfigDict:
       clamp_lo=0.4,  # cot: soft labels are clamped into [clamp_lo, clamp_hi] (paper: 40-60%)
       clamp_hi=0.6,
       swap=True,  # average over both A/B orders (cancels position bias)
-      out="feedback.jsonl",  # relative to workdir
   ))
 
 
 def _rm() -> ConfigDict:
-  # Stage `rm` (train/reward.py): reward model on preference pairs, Bradley-Terry soft labels.
+  # Stage `rm` (stages/rm.py -> train/reward.py): reward model on preference pairs, Bradley-Terry
+  # soft labels. Writes <workdir>/rm/ (the trained model in rm/model/).
   return ConfigDict(dict(
       init="",  # "" = config.model; else weights (GGUF / safetensors dir) for the trunk
-      ai_data="feedback.jsonl",  # preference JSONL (relative to workdir, or a path); "" = none
+      ai_data="",  # preference JSONL; "" = this workdir's feedback/feedback.jsonl; "none" = no AI pairs
       human_data="",  # hh-rlhf JSONL(.gz) of {"chosen", "rejected"}; "" = none
       human_fraction=0.0,  # share of human comparisons in each batch (0..1)
       n_human=-1,  # cap on human comparisons read; -1 = all
@@ -178,23 +216,19 @@ def _rm() -> ConfigDict:
       max_len=512,  # tokens per (prompt + response); longer keep their last tokens
       batch_size=8,  # pairs per step
       num_steps=200,
-      lr=1e-5,
-      warmup_steps=10,
-      weight_decay=0.0,
-      grad_clip=1.0,
       eval_fraction=0.1,  # held-out share of the pairs
       eval_every=50,
       checkpoint_every=50,
       keep=3,
       seed=0,
+      optim=optim_section(lr=1e-5, warmup_steps=10, weight_decay=0.0, grad_clip=1.0),
   ))
 
 
 def _sft() -> ConfigDict:
-  # Stage `sft` (train/sft.py): fine-tune on SL-CAI revisions + helpful answers (data/pipeline.py).
-  from cai_jax.train.state import optim_section
+  # Stage `sft` (stages/sft.py -> train/sft.py): fine-tune on SL-CAI revisions + helpful answers (data/pipeline.py).
   return ConfigDict(dict(
-      data="",  # SL-CAI JSONL path(s), comma-separated; "" = <workdir>/<sl_data.out>
+      data="",  # SL-CAI JSONL path(s), comma-separated; "" = <workdir>/sl_data/sl_cai.jsonl
       rounds="all",  # critique/revision rounds trained on: all | last | 1-based list "1,4"
       helpful_fraction=-1.0,  # share of helpful examples in the mix; -1 = their natural share
       on_error="raise",  # bad records / over-long examples: raise | skip (counted, reported)
@@ -215,13 +249,13 @@ def _sft() -> ConfigDict:
 
 
 def _pipeline() -> ConfigDict:
-  # Stage `pipeline` (cai_jax/pipeline.py): which stages to run, in the fixed order
+  # Stage `pipeline` (stages/pipeline.py): which stages to run, in the fixed order
   # sl-data, sft, feedback, rm, ppo, eval-hhh.
   return ConfigDict(dict(stages=""))  # "" = all; else e.g. "sl-data,sft"
 
 
 def base_config() -> ConfigDict:
-  """Every field, with its default. Sections are added here, one function each."""
+  """Every field, with its default, locked. Sections are added here, one function each."""
   config = ConfigDict()
   config.workdir = "runs/default"
   config.seed = 0
@@ -237,7 +271,81 @@ def base_config() -> ConfigDict:
   config.feedback = _feedback()
   config.rm = _rm()
   config.sft = _sft()
-  return config
+  return config.lock()
+
+
+def experiment_config(variants: Sequence[str]):
+  """Turns `fn(config, variant) -> config` into an experiment's `get_config(variant=None)`.
+
+  `get_config` is what ml_collections' config_flags calls: with no argument for
+  `--config experiments/x.py` and with "v" for `experiments/x.py:v`. It hands `fn`
+  a locked `base_config()` and `variant` ("" for none). A variant not in `variants`
+  is a ValueError naming the file; a misspelt field inside `fn` (read or written)
+  is the same error as on the command line: "config: sft has no field 'num_stpes';
+  did you mean 'num_steps'?", raised from the offending line.
+  """
+  variants = tuple(variants)
+
+  def decorate(fn: Callable[[ConfigDict, str], ConfigDict]):
+    path = pathlib.Path(fn.__code__.co_filename)
+    name = f"{path.parent.name}/{path.name}"  # "experiments/tiny.py"
+
+    def get_config(variant: str | None = None) -> ConfigDict:
+      variant = variant or ""
+      if variant not in variants:
+        raise ValueError(f"{name}: unknown variant {variant!r}; expected one of {list(variants)}")
+      config = base_config()
+      try:
+        result = fn(config, variant)
+      except (AttributeError, KeyError) as e:
+        message = _explain_missing_field(config, e)
+        if message is None:
+          raise
+        raise type(e)(message).with_traceback(e.__traceback__) from None
+      if not isinstance(result, ConfigDict):
+        raise TypeError(f"{name}: get_config returned {type(result).__name__}; expected the ConfigDict")
+      return result.lock()
+
+    get_config.__doc__, get_config.__module__ = fn.__doc__, fn.__module__
+    get_config.variants = variants
+    return get_config
+  return decorate
+
+
+_ACCESS = ("__getattr__", "__setattr__", "__getitem__", "__setitem__")
+
+
+def _explain_missing_field(config: ConfigDict, error: BaseException) -> str | None:
+  """apply_overrides' message for a ConfigDict lookup/assignment that failed on a missing key."""
+  # ml_collections' own message dumps the whole section and not its path; the innermost
+  # ConfigDict access frame in the traceback holds the node and the key that failed.
+  node = key = None
+  for frame, _ in traceback.walk_tb(error.__traceback__):
+    local = frame.f_locals
+    if frame.f_code.co_name in _ACCESS and isinstance(local.get("self"), ConfigDict):
+      node, key = local["self"], local.get("key", local.get("attribute"))
+  if node is None or not isinstance(key, str) or key in node:
+    return None
+  where = _path_of(config, node)
+  return None if where is None else _no_field_message(where or "config", key, list(node.keys()))
+
+
+def _path_of(config: ConfigDict, node: ConfigDict, prefix: str = "") -> str | None:
+  """The dotted path of `node` inside `config` ("" for config itself), or None."""
+  if config is node:
+    return prefix
+  for k, v in config.items():
+    if isinstance(v, ConfigDict):
+      found = _path_of(v, node, f"{prefix}.{k}" if prefix else k)
+      if found is not None:
+        return found
+  return None
+
+
+def _no_field_message(where: str, field: str, keys: list[str]) -> str:
+  hint = difflib.get_close_matches(field, keys, n=1)
+  return (f"config: {where} has no field {field!r}"
+          + (f"; did you mean {hint[0]!r}?" if hint else f"; fields: {sorted(keys)}"))
 
 
 def use_tiny_model(config: ConfigDict, chat_template: str = "transcript") -> ConfigDict:
@@ -286,8 +394,6 @@ def _validate_sl_data(c: ConfigDict) -> None:
   for field in ("n_rounds", "n_few_shot"):
     if c[field] < 0:
       raise ValueError(f"sl_data.{field}: must be >= 0, got {c[field]}")
-  if not c.out:
-    raise ValueError("sl_data.out: needs a file name (relative to workdir)")
 
 
 @validator("mesh")
@@ -314,7 +420,6 @@ def _validate_ppo(c: ConfigDict) -> None:
                      f"{c.rollout_batch_size}")
   if not 0 <= c.gamma <= 1 or not 0 <= c.lam <= 1:
     raise ValueError(f"ppo.gamma / ppo.lam: must be in [0, 1], got {c.gamma}, {c.lam}")
-  from cai_jax.train.state import validate_optim
   validate_optim(c.optim, "ppo.optim")
   if c.kl_target <= 0 or c.kl_coef < 0 or c.clip_eps <= 0:
     raise ValueError("ppo.kl_target / kl_coef / clip_eps: need kl_target > 0, kl_coef >= 0, "
@@ -339,7 +444,6 @@ def _validate_feedback(c: ConfigDict) -> None:
 
 @validator("sft")
 def _validate_sft(c: ConfigDict) -> None:
-  from cai_jax.train.state import validate_optim
   validate_optim(c.optim, "sft.optim")
   if c.on_error not in ("raise", "skip"):
     raise ValueError(f"sft.on_error: {c.on_error!r}; expected raise or skip")
@@ -363,6 +467,7 @@ def _validate_rm(c: ConfigDict) -> None:
     raise ValueError(f"rm.eval_fraction: expected in (0, 1), got {c.eval_fraction}")
   if c.batch_size < 1 or c.num_steps < 0 or c.max_len < 8:
     raise ValueError("rm.batch_size/num_steps/max_len: expected >= 1 / >= 0 / >= 8")
+  validate_optim(c.optim, "rm.optim")
 
 
 def validate(config: ConfigDict) -> ConfigDict:
@@ -391,10 +496,7 @@ def apply_overrides(config: ConfigDict, overrides: dict[str, object]) -> ConfigD
     for i, part in enumerate(parts):
       keys = list(node.keys())
       if part not in keys:
-        where = ".".join(parts[:i]) or "config"
-        hint = difflib.get_close_matches(part, keys, n=1)
-        raise ValueError(f"config: {where} has no field {part!r}"
-                         + (f"; did you mean {hint[0]!r}?" if hint else f"; fields: {sorted(keys)}"))
+        raise ValueError(_no_field_message(".".join(parts[:i]) or "config", part, keys))
       if i == len(parts) - 1:
         node[part] = value
       else:

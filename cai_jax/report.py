@@ -1,9 +1,9 @@
 """Plots and a markdown summary from a run's metrics files.
 
 Every training stage appends {"step", "stage", <metric>: value, ...} lines to
-`<workdir>/metrics.jsonl` (train/loop.py); every stage returns a summary dict
-that the pipeline stores in `<workdir>/summary.json`. This module turns both
-into PNG curves and `<workdir>/report.md`.
+its metrics.jsonl (train/loop.py; where: layout.py); every stage returns a
+summary dict that the pipeline stores in `<workdir>/summary.json`. This module
+turns both into PNG curves (`<workdir>/plots/`) and `<workdir>/report.md`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import json
 import math
 import pathlib
 from collections.abc import Iterable, Mapping, Sequence
+
+from cai_jax.layout import RunLayout
 
 # Metrics worth a curve, per stage, in the order they are plotted.
 CURVES: dict[str, Sequence[str]] = {
@@ -83,17 +85,16 @@ def flatten(summary: Mapping, prefix: str = "") -> dict[str, object]:
   return flat
 
 
-def write_report(workdir: str | pathlib.Path, summaries: Mapping[str, Mapping],
+def write_report(layout: RunLayout, summaries: Mapping[str, Mapping],
                  title: str = "cai_jax run report", notes: Sequence[str] = ()) -> pathlib.Path:
-  """Writes plots + report.md (+ summary.json) under workdir; returns report.md's path."""
-  workdir = pathlib.Path(workdir)
-  # The run's own metrics plus those of stages that ran in sub-workdirs (the pipeline).
+  """Writes plots + report.md (+ summary.json) of a run; returns report.md's path."""
+  workdir = layout.root
   records = []
-  for path in sorted(workdir.rglob("metrics.jsonl")):
+  for path in layout.metrics_files():
     records += read_jsonl(path)
   plots = []
   for stage in CURVES:
-    png = plot_stage(records, stage, workdir / "plots" / f"{stage}.png")
+    png = plot_stage(records, stage, layout.plots / f"{stage}.png")
     if png:
       plots.append(png)
   (workdir / "summary.json").write_text(json.dumps(summaries, indent=2, default=str))
@@ -109,6 +110,6 @@ def write_report(workdir: str | pathlib.Path, summaries: Mapping[str, Mapping],
   if plots:
     lines += ["## Plots", ""]
     lines += [f"![{p.stem}]({p.relative_to(workdir)})" for p in plots]
-  out = workdir / "report.md"
+  out = layout.report
   out.write_text("\n".join(lines) + "\n")
   return out

@@ -15,13 +15,15 @@ e.g. --config.sl_data.n_prompts=-1 --config.sft.num_steps=1000.
 
 import pathlib
 
-from cai_jax.config import base_config, use_tiny_model
+from cai_jax.config import ConfigDict, experiment_config, use_tiny_model
+
+VARIANTS = ("", "tiny")
 
 HHH = pathlib.Path(__file__).resolve().parents[1].parent / "shared/data/cai_paper/evals/438HHHEvaluations.jsonl"
 
 
-def get_config(variant: str | None = None):
-  config = base_config()
+@experiment_config(VARIANTS)
+def get_config(config: ConfigDict, variant: str) -> ConfigDict:
   config.workdir = "runs/quickstart"
   config.model.source = "embedded"
   config.model.system_prompt = ""
@@ -44,7 +46,7 @@ def get_config(variant: str | None = None):
   c = config.rm
   c.batch_size, c.num_steps, c.max_len = 4, 8, 256
   c.eval_every, c.checkpoint_every, c.eval_fraction = 4, 4, 0.25
-  c.lr = 1e-5
+  c.optim.lr = 1e-5
 
   c = config.ppo
   c.num_steps, c.rollout_batch_size, c.minibatch_size, c.sample_batch_size = 3, 8, 4, 8
@@ -67,6 +69,4 @@ def get_config(variant: str | None = None):
     config.rm.max_len = 512
     config.ppo.max_new_tokens = 8
     config.eval.limit = 4
-  elif variant:
-    raise ValueError(f"experiments/quickstart.py: unknown variant {variant!r}; expected '' or 'tiny'")
   return config

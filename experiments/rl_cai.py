@@ -4,16 +4,18 @@
   python -m cai_jax ppo --config experiments/rl_cai.py:tiny   # random tiny model, synthetic reward
 
 The default reads the policy from the `sft` stage's export (<workdir>/sft/hf) and
-the reward model from the `rm` stage (<workdir>/rm); override with
---config.ppo.policy=<weights path> and --config.ppo.reward_model=<rm workdir>. `tiny` runs in seconds on a laptop CPU: a random
+the reward model from the `rm` stage (<workdir>/rm/model); override with
+--config.ppo.policy=<weights path> and --config.ppo.reward_model=<reward model dir>. `tiny` runs in seconds on a laptop CPU: a random
 tiny model learns to write lowercase letters (reward = their count).
 """
 
-from cai_jax.config import base_config, use_tiny_model
+from cai_jax.config import ConfigDict, experiment_config, use_tiny_model
+
+VARIANTS = ("", "tiny")
 
 
-def get_config(variant: str | None = None):
-  config = base_config()
+@experiment_config(VARIANTS)
+def get_config(config: ConfigDict, variant: str) -> ConfigDict:
   config.workdir = "runs/rl_cai"
   c = config.ppo
   if variant == "tiny":
@@ -33,10 +35,8 @@ def get_config(variant: str | None = None):
     c.value_head = "shared"
     c.checkpoint_every = 5
     return config
-  if variant:
-    raise ValueError(f"experiments/rl_cai.py: unknown variant {variant!r}; expected '' or 'tiny'")
   config.model.source = "embedded"  # used as is when no SFT export is found
   c.policy = ""  # "" = <workdir>/sft/hf (the `sft` stage's export) if present, else config.model
   c.reward = "rm"
-  c.reward_model = ""  # "" = <workdir> (the `rm` stage of the same pipeline)
+  c.reward_model = ""  # "" = <workdir>/rm/model (the `rm` stage of the same workdir)
   return config

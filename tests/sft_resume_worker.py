@@ -22,7 +22,8 @@ from cai_jax.models import Transformer, get_model_config  # noqa: E402
 from cai_jax.train import sft  # noqa: E402
 from cai_jax.train.checkpoint import Checkpointer  # noqa: E402
 from cai_jax.train.loop import restore_or_keep, run_loop  # noqa: E402
-from cai_jax.train.state import init_train_state, make_optimizer, optim_section  # noqa: E402
+from cai_jax.config import optim_section  # noqa: E402
+from cai_jax.train.state import init_train_state, make_optimizer
 
 
 class PrintStep:

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cai_jax.data import feedback
+from cai_jax.cai import labels as feedback
 from cai_jax.losses import get_loss
 
 

@@ -14,7 +14,8 @@ from flax import nnx
 from cai_jax import sharding
 from cai_jax.models import Transformer
 from cai_jax.train.checkpoint import Checkpointer
-from cai_jax.train.state import init_train_state, make_optimizer, optim_section
+from cai_jax.config import optim_section
+from cai_jax.train.state import init_train_state, make_optimizer
 
 WORKER = pathlib.Path(__file__).with_name("sft_resume_worker.py")
 NUM_STEPS = 6

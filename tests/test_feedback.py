@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cai_jax.constitution import Constitution, Principle
-from cai_jax.data import feedback as fb
+from cai_jax.cai import labels as fb
 from cai_jax.data.prompts import Prompt
 
 

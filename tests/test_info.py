@@ -7,7 +7,7 @@ import numpy as np
 def test_info_stage_reports_top5_of_the_model(capsys):
   from cai_jax.cli import load_config
   from cai_jax.models.load import load_model
-  from cai_jax.stages import info
+  from cai_jax.stages import common, info
 
   config = load_config(["--config=experiments/tiny.py", "--config.mesh.data=2",
                         "--config.mesh.tensor=4"])
@@ -15,7 +15,7 @@ def test_info_stage_reports_top5_of_the_model(capsys):
   printed = capsys.readouterr().out
   assert "model: random:tiny" in printed and f"parameters {out['num_params']:,}" in printed
 
-  loaded = load_model(config.model)  # same seed -> same weights, unsharded
+  loaded = load_model(common.model_spec(config))  # same seed -> same weights, unsharded
   ids = out["prompt_ids"]
   assert ids == loaded.tokenizer.encode(loaded.chat.format([{"role": "user", "content": info.PROMPT}]))
   logits, _ = loaded.module()(jnp.asarray([ids]), jnp.arange(len(ids))[None])

@@ -117,3 +117,91 @@ def test_eval_runs_every_n_steps_and_is_logged_with_a_prefix(tmp_path):
 def test_a_pause_request_from_a_hook_must_name_a_known_action():
   with pytest.raises(ValueError, match="HookResult.action"):
     HookResult("halt")
+
+
+class _Lazy:
+  """A metric still "on the device": logs when the loop reads it (jax.device_get calls __array__)."""
+
+  def __init__(self, value, step, events):
+    self.value, self.step, self.events = value, step, events
+
+  def __array__(self, dtype=None, copy=None):
+    self.events.append(f"read {self.step}")
+    return np.asarray(self.value, dtype)
+
+
+def _donating_step(events, bad_at=None):
+  """A jitted step that donates its state (like the stages'), logging each dispatch; lazy metrics."""
+  inner = jax.jit(lambda state, batch: state.replace(
+      step=state.step + 1, params={"w": state.params["w"] + batch},
+      opt_state={"m": state.opt_state["m"] + 1.0}), donate_argnums=0)
+
+  def step(state, batch):
+    n = int(state.step) + 1
+    events.append(f"dispatch {n}")
+    return inner(state, batch), {"loss": _Lazy(np.float32("nan" if n == bad_at else 10.0 / n), n, events)}
+  return step
+
+
+def test_a_plain_steps_metrics_are_read_after_the_next_step_is_dispatched(tmp_path):
+  events = []
+  gate = _Gate(every=3, pause_at=-1)  # steps 3 and 6 need their state: read before dispatching on
+  state = run_loop(state=_state(), step_fn=_donating_step(events), batches=iter([1.0] * 10),
+                   num_steps=7, workdir=tmp_path, checkpointer=None, hooks=[gate])
+  assert events == ["dispatch 1", "dispatch 2", "read 1", "dispatch 3", "read 2", "read 3",
+                    "dispatch 4", "dispatch 5", "read 4", "dispatch 6", "read 5", "read 6",
+                    "dispatch 7", "read 7"]
+  assert int(state.step) == 7 and gate.calls == [3, 6]
+  np.testing.assert_array_equal(state.params["w"], [7.0] * 3)
+
+
+def test_a_nan_just_before_a_save_step_is_never_saved(tmp_path):
+  # Step 8 (finite, a save step) is dispatched from step 7's NaN state before 7's metrics are read.
+  events, ckpt = [], Checkpointer(tmp_path / "ckpt", keep=5)
+  with pytest.raises(NonFiniteError, match=r"step 7: non-finite metrics.*last good checkpoint is step 4"):
+    run_loop(state=_state(), step_fn=_donating_step(events, bad_at=7), batches=iter([1.0] * 12),
+             num_steps=12, workdir=tmp_path, checkpointer=ckpt, save_every=4)
+  assert events[-2:] == ["dispatch 8", "read 7"]
+  assert Checkpointer(tmp_path / "ckpt").all_steps() == [4]
+  assert [r["step"] for r in _lines(tmp_path / "metrics.jsonl")] == list(range(1, 7))
+
+
+def test_a_nan_where_the_data_runs_out_is_not_saved_by_the_final_save(tmp_path):
+  ckpt = Checkpointer(tmp_path / "ckpt", keep=5)
+  with pytest.raises(NonFiniteError, match=r"step 5: non-finite metrics.*last good checkpoint is step 4"):
+    run_loop(state=_state(), step_fn=_donating_step([], bad_at=5), batches=iter([1.0] * 5),
+             num_steps=8, workdir=tmp_path, checkpointer=ckpt, save_every=4)
+  assert Checkpointer(tmp_path / "ckpt").all_steps() == [4]
+
+
+def test_metrics_lines_are_one_per_step_in_order_with_eval_and_hook_values(tmp_path):
+  def eval_fn(state):
+    return {"loss": jnp.float32(int(state.step) / 100)}
+
+  ckpt = Checkpointer(tmp_path / "ckpt", keep=5)
+  run_loop(state=_state(), step_fn=_donating_step([]), batches=iter([1.0] * 10), num_steps=10,
+           workdir=tmp_path, checkpointer=ckpt, eval_fn=eval_fn, eval_every=3,
+           hooks=[_Gate(every=4, pause_at=-1)], save_every=5, tokens_in_batch=64, stage="sft")
+  rows = _lines(tmp_path / "metrics.jsonl")
+  assert all(r.pop("tokens_per_s") > 0 for r in rows)
+  expected = []
+  for n in range(1, 11):
+    row = {"step": n, "stage": "sft", "loss": float(np.float32(10.0 / n))}
+    if n % 3 == 0:
+      row["eval/loss"] = float(np.float32(n / 100))
+    if n % 4 == 0:
+      row["gate/score"] = 0.75
+    expected.append(row)
+  assert rows == expected
+  assert ckpt.all_steps() == [5, 10]
+
+
+def test_when_the_data_runs_out_after_a_plain_step_it_is_recorded_and_saved(tmp_path):
+  ckpt = Checkpointer(tmp_path / "ckpt", keep=5)
+  state = run_loop(state=_state(), step_fn=_donating_step([]), batches=iter([1.0] * 7), num_steps=10,
+                   workdir=tmp_path, checkpointer=ckpt, save_every=4)
+  assert int(state.step) == 7
+  assert [r["step"] for r in _lines(tmp_path / "metrics.jsonl")] == list(range(1, 8))
+  assert ckpt.all_steps() == [4, 7]
+  restored, _ = Checkpointer(tmp_path / "ckpt").restore_latest(_abstract(_state()), _shardings(_state()))
+  np.testing.assert_array_equal(restored.params["w"], [7.0] * 3)

@@ -72,7 +72,7 @@ def test_registry_names_unknown_losses_and_refuses_duplicates():
 
 @pytest.mark.parametrize("chunk_tokens", [256, 6])  # one chunk; several chunks (6 -> 3 positions x 2 rows)
 def test_fused_sft_ce_matches_the_logits_path_in_value_and_gradient(monkeypatch, chunk_tokens):
-  from cai_jax import fused_ce
+  from cai_jax.losses import fused_ce
   monkeypatch.setattr(fused_ce, "CHUNK_TOKENS", chunk_tokens)
   rng = np.random.default_rng(4)
   B, T, D, V = 2, 9, 8, 37

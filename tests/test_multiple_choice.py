@@ -70,7 +70,7 @@ def test_missing_and_empty_files(tmp_path):
     mc.load_mc_jsonl(_write(tmp_path / "empty.jsonl", []))
 
 
-def test_model_logprob_fn_sums_continuation_logprobs(tiny_cfg):
+def test_text_sampler_logprobs_sum_continuation_logprobs(tiny_cfg):
   """The scorer's number is sum_t log softmax(logits)[next token] over the option's tokens."""
   import jax.numpy as jnp
   from flax import nnx
@@ -82,7 +82,11 @@ def test_model_logprob_fn_sums_continuation_logprobs(tiny_cfg):
   model = Transformer(tiny_cfg, rngs=nnx.Rngs(0))
   graphdef, state = nnx.split(model)
   params = nnx.to_pure_dict(state)
-  fn = mc.model_logprob_fn(graphdef, params, tok, batch_size=4)
+  import types
+
+  from cai_jax.sampling import SamplerSettings, TextSampler
+  loaded = types.SimpleNamespace(graphdef=graphdef, params=params, tokenizer=tok)
+  fn = TextSampler(loaded, SamplerSettings(batch_size=4)).logprobs
   prompts, conts = ["Q: pick one.", "Hello"], [" (A)", " (B) yes"]
   got = fn(prompts, conts)
   for p, c, g in zip(prompts, conts, got):

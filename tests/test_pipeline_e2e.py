@@ -5,7 +5,8 @@ import json
 import pathlib
 
 from cai_jax import config as config_lib
-from cai_jax import pipeline
+from cai_jax.layout import RunLayout
+from cai_jax.stages import pipeline
 
 QUICKSTART = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "quickstart.py"
 
@@ -37,6 +38,11 @@ def test_pipeline_runs_every_stage_and_writes_the_report(tmp_path):
   for stage in ("sl-data", "sft", "feedback", "rm", "ppo"):
     assert f"## {stage}" in report
   assert (tmp_path / "plots" / "sft.png").exists()
+  # The workdir holds exactly the tree the run layout documents: no nesting, nothing extra.
+  expected = RunLayout.expected_tree(["sl-data", "sft", "feedback", "rm", "ppo"])
+  found = {folder: {p.name + ("/" if p.is_dir() else "") for p in (tmp_path / folder).iterdir()}
+           for folder in expected}
+  assert found == expected
 
 
 def test_unknown_stage_is_rejected(tmp_path):

@@ -61,7 +61,8 @@ def _checkpoint_steps(workdir: pathlib.Path) -> list[int]:
 
 
 def _final_state(workdir: pathlib.Path):
-  from cai_jax.train import checkpoint, ppo_stage
+  from cai_jax.stages import ppo as ppo_stage
+  from cai_jax.train import checkpoint
 
   state, shardings, _ = ppo_stage.build(_config(workdir))
   restored = checkpoint.Checkpointer(workdir / "ppo" / "checkpoints").restore_latest(state, shardings)

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from cai_jax import report
+from cai_jax.layout import RunLayout
 
 
 def _write_metrics(path, records):
@@ -18,9 +19,10 @@ def test_series_filters_by_stage_and_key(tmp_path):
 
 
 def test_write_report_makes_plots_and_table(tmp_path):
-  _write_metrics(tmp_path / "metrics.jsonl",
+  (tmp_path / "ppo").mkdir()
+  _write_metrics(tmp_path / "ppo" / "metrics.jsonl",
                  [{"step": s, "stage": "ppo", "reward_mean": 0.1 * s, "kl": 0.01 * s} for s in range(5)])
-  out = report.write_report(tmp_path, {"ppo": {"final": {"reward_mean": 0.4}}, "hhh": {"accuracy": 0.5}})
+  out = report.write_report(RunLayout(tmp_path), {"ppo": {"final": {"reward_mean": 0.4}}, "hhh": {"accuracy": 0.5}})
   text = out.read_text()
   assert "| final.reward_mean | 0.4 |" in text
   assert "| accuracy | 0.5 |" in text

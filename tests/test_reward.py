@@ -10,8 +10,10 @@ from flax import nnx
 from cai_jax import sharding
 from cai_jax.data import preferences as prefs
 from cai_jax.tokenizer import ByteTokenizer, ChatTemplate
+from cai_jax.models import reward as reward_model
 from cai_jax.train import reward
-from cai_jax.train.state import init_train_state, make_optimizer, optim_section
+from cai_jax.config import optim_section
+from cai_jax.train.state import init_train_state, make_optimizer
 
 MARKER = "#"
 
@@ -35,10 +37,10 @@ def _synthetic_pairs(n, seed):
   return pairs
 
 
-def test_reward_model_learns_marker_preference(tiny_cfg):
+def test_reward_model_learns_marker_preference(tiny_cfg, tmp_path):
   mesh = sharding.make_mesh({"data": 4, "tensor": 2})
   tok, chat = ByteTokenizer(), ChatTemplate("transcript")
-  graphdef, params, p_shard = reward.build_reward_model(tiny_cfg, mesh, seed=0)
+  graphdef, params, p_shard = reward_model.build_reward_model(tiny_cfg, mesh, seed=0)
   steps = 120
   tx = make_optimizer(optim_section(lr=3e-3, warmup_steps=10), steps)
   state, s_shard = init_train_state(params, p_shard, tx, jax.random.key(0), mesh)
@@ -52,24 +54,29 @@ def test_reward_model_learns_marker_preference(tiny_cfg):
   cal = reward.calibration(d, [p.p_a for p in held])
   assert cal["accuracy"] > 0.9, cal
   assert float(metrics["accuracy"]) > 0.8
+  # Saved and loaded back, the model scores the held-out pairs the same.
+  reward_model.save_reward_model(tmp_path / "model", tiny_cfg, state.params)
+  graphdef2, params2 = reward_model.load_reward_model(tmp_path / "model", mesh)
+  d2 = reward.score_pairs(graphdef2, params2, held, tok, chat, max_len=64, batch_size=16, mesh=mesh)
+  np.testing.assert_allclose(d2, d, rtol=1e-5, atol=1e-5)
 
 
 def test_scores_are_read_at_last_index(tiny_cfg):
   """reward_scores = ScalarHead(trunk hidden) at last_index, unaffected by padding after it."""
-  model = reward.RewardModel(tiny_cfg, rngs=nnx.Rngs(3))
+  model = reward_model.RewardModel(tiny_cfg, rngs=nnx.Rngs(3))
   graphdef, state = nnx.split(model)
   params = nnx.to_pure_dict(state)
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, 256, (2, 12)).astype(np.int32)
   pos = np.broadcast_to(np.arange(12, dtype=np.int32), (2, 12))
   last = np.array([5, 11], np.int32)
-  got = np.asarray(reward.reward_scores(graphdef, params, tokens, pos, last))
+  got = np.asarray(reward_model.reward_scores(graphdef, params, tokens, pos, last))
   hidden, _ = model.trunk.hidden(tokens, pos)
   full = np.asarray(model.head(hidden))
   np.testing.assert_allclose(got, full[[0, 1], last], rtol=1e-5, atol=1e-6)
   tokens2 = tokens.copy()
   tokens2[0, 6:] = 0
-  got2 = np.asarray(reward.reward_scores(graphdef, params, tokens2, pos, last))
+  got2 = np.asarray(reward_model.reward_scores(graphdef, params, tokens2, pos, last))
   np.testing.assert_allclose(got2[0], got[0], rtol=1e-5, atol=1e-6)
 
 

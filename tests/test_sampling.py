@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cai_jax import sampling, selection, sharding
+from cai_jax import sampling, sharding
+from cai_jax.sampling import selection
 from cai_jax.models import Transformer
 
 PROMPTS = [[5, 9, 13], [7] * 11, [1, 2, 3, 4, 5, 6, 7], [200]]  # ragged on purpose

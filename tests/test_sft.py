@@ -8,7 +8,8 @@ from flax import nnx
 from cai_jax import sharding
 from cai_jax.models import Transformer
 from cai_jax.train import sft
-from cai_jax.train.state import init_train_state, make_optimizer, optim_section
+from cai_jax.config import optim_section
+from cai_jax.train.state import init_train_state, make_optimizer
 
 
 def _batch(seed: int = 0, B: int = 8, T: int = 24, V: int = 264):

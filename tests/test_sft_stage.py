@@ -10,7 +10,8 @@ import pytest
 
 from cai_jax import config as config_lib
 from cai_jax.models.load import load_model
-from cai_jax.train import sft
+from cai_jax.stages import common
+from cai_jax.stages import sft
 
 TINY = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "tiny.py"
 
@@ -56,9 +57,7 @@ def test_sft_stage_learns_counts_skips_exports_and_resumes(tmp_path):
   rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows] == list(range(1, 13))
   # The HF export loads back as a model source and holds the trained weights.
-  section = config.model.copy_and_resolve_references()
-  with section.unlocked():
-    section.source, section.preset = summary["export_hf"], ""
+  section = common.model_spec(config, source=summary["export_hf"])
   exported = load_model(section)
   from cai_jax.train.checkpoint import Checkpointer
   steps = Checkpointer(run / "checkpoints").all_steps()

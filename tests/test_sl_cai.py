@@ -17,18 +17,23 @@ from flax import nnx
 
 from cai_jax import constitution as C
 from cai_jax import sampling
+from cai_jax.cai import revision as sl_cai
 from cai_jax.data import prompts as P
-from cai_jax.data import sl_cai
+from cai_jax.sampling import SamplerSettings, TextSampler
 from cai_jax.tokenizer import ByteTokenizer, ChatTemplate
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SETTINGS = sl_cai.SLDataSettings(n_rounds=2, n_few_shot=1, max_new_tokens=8, max_prompt_len=256,
-                                 batch_size=4, seed=3)
+SETTINGS = sl_cai.SLDataSettings(n_rounds=2, n_few_shot=1, seed=3)
+SAMPLER = SamplerSettings(max_new_tokens=8, max_prompt_len=256, batch_size=4)
+
+
+def sampler(model, **changes) -> TextSampler:
+  return TextSampler(model, dataclasses.replace(SAMPLER, **changes), seed=3)
 
 
 @dataclasses.dataclass(frozen=True)
 class TinyModel:
-  """What sl_cai needs from a LoadedModel."""
+  """What the text sampler needs from a LoadedModel."""
 
   graphdef: object
   params: dict
@@ -60,7 +65,7 @@ def _read(path):
 def test_records_follow_the_schema_and_the_principle_draws(tmp_path, model, constitution):
   red, helpful = P.load_prompts("red_team", limit=3), P.load_prompts("helpful", limit=2)
   out = tmp_path / "sl.jsonl"
-  summary = sl_cai.generate_sl_data(model, constitution, red, helpful, out, SETTINGS, fp="fp1")
+  summary = sl_cai.generate_sl_data(sampler(model), constitution, red, helpful, out, SETTINGS, fp="fp1")
   records = _read(out)
   assert summary["written"] == 5 and [r["id"] for r in records] == [p.id for p in red + helpful]
   for r, p in zip(records, red + helpful):
@@ -85,7 +90,7 @@ def test_records_follow_the_schema_and_the_principle_draws(tmp_path, model, cons
 def test_direct_mode_has_no_critiques(tmp_path, model, constitution):
   out = tmp_path / "direct.jsonl"
   settings = dataclasses.replace(SETTINGS, mode="direct", n_rounds=1)
-  sl_cai.generate_sl_data(model, constitution, P.load_prompts("red_team", limit=2), [], out, settings,
+  sl_cai.generate_sl_data(sampler(model), constitution, P.load_prompts("red_team", limit=2), [], out, settings,
                           fp="d")
   assert [[x["critique"] for x in r["rounds"]] for r in _read(out)] == [[None], [None]]
 
@@ -105,29 +110,29 @@ def test_resume_drops_a_truncated_line_and_completes(tmp_path, model, constituti
   red = P.load_prompts("red_team", limit=5)
   out = tmp_path / "sl.jsonl"
   full = tmp_path / "full.jsonl"
-  sl_cai.generate_sl_data(model, constitution, red, [], full, SETTINGS, fp="fp")
+  sl_cai.generate_sl_data(sampler(model), constitution, red, [], full, SETTINGS, fp="fp")
   lines = full.read_text().splitlines(keepends=True)
   out.write_text(lines[0] + lines[1] + lines[2][:40])  # a kill in the middle of record 3
-  sl_cai.generate_sl_data(model, constitution, red, [], out, SETTINGS, fp="fp")
+  sl_cai.generate_sl_data(sampler(model), constitution, red, [], out, SETTINGS, fp="fp")
   assert "truncated last record" in caplog.text
   got = out.read_text().splitlines(keepends=True)
   assert got[:2] == lines[:2]  # earlier records untouched
   assert sorted(r["id"] for r in _read(out)) == sorted(p.id for p in red)
   with pytest.raises(ValueError, match="config fingerprint fp, but this run's is other"):
-    sl_cai.generate_sl_data(model, constitution, red, [], out, SETTINGS, fp="other")
+    sl_cai.generate_sl_data(sampler(model), constitution, red, [], out, SETTINGS, fp="other")
 
 
 _CHILD = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
-    from test_sl_cai import SETTINGS, tiny_model
+    from test_sl_cai import SETTINGS, sampler, tiny_model
     from cai_jax import constitution as C
-    from cai_jax.data import prompts as P, sl_cai
-    import dataclasses
+    from cai_jax.cai import revision
+    from cai_jax.data import prompts as P
     con = C.load_constitution({base!r})
     red = P.load_prompts("red_team", limit=16)
-    settings = dataclasses.replace(SETTINGS, batch_size=2)
-    sl_cai.generate_sl_data(tiny_model(), con, red, [], {out!r}, settings, fp="kill")
+    revision.generate_sl_data(sampler(tiny_model(), batch_size=2), con, red, [], {out!r}, SETTINGS,
+                              fp="kill")
 """)
 
 
@@ -155,7 +160,7 @@ def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path):
 
 def test_stages_run_from_a_config(tmp_path, capsys):
   from cai_jax import config as config_lib
-  from cai_jax import generate
+  from cai_jax.stages import generate, sl_data
   spec = __import__("importlib.util").util.spec_from_file_location("tiny_exp", REPO / "experiments/tiny.py")
   module = __import__("importlib.util").util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -164,13 +169,13 @@ def test_stages_run_from_a_config(tmp_path, capsys):
   config.sampler.max_new_tokens = 4
   config.sl_data.update(n_prompts=2, n_helpful=1, n_rounds=1, n_few_shot=0)
   config_lib.validate(config)
-  summary = sl_cai.run(config)
-  records = _read(tmp_path / "sl_cai.jsonl")
+  summary = sl_data.run(config)
+  records = _read(tmp_path / "sl_data" / "sl_cai.jsonl")
   assert summary["written"] == 3 and [r["kind"] for r in records] == ["red_team", "red_team", "helpful"]
   assert all(r["model"] == "random:tiny" and len(r["config_fingerprint"]) == 16 for r in records)
-  assert sl_cai.run(config)["written"] == 0  # a rerun finds everything done
+  assert sl_data.run(config)["written"] == 0  # a rerun finds everything done
   config.sl_data.n_rounds = 2  # a different recipe must not mix into the same file
   with pytest.raises(ValueError, match="config fingerprint"):
-    sl_cai.run(config)
+    sl_data.run(config)
   out = generate.run(config)
   assert capsys.readouterr().out.strip() == out["answer"]

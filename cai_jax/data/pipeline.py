@@ -91,7 +91,7 @@ def _selected_rounds(n: int, rounds: str) -> list[int]:
 
 def read_sl_cai(paths: Sequence[str | pathlib.Path], *, rounds: str = "all", on_error: str = "raise",
                 report: DataReport | None = None) -> list[Example]:
-  """Examples from SL-CAI JSONL files (schema in notes/contracts.md).
+  """Examples from SL-CAI JSONL files (one record per line: cai/revision.py's SLRecord).
 
   red_team records give one example per selected round: (prompt, that round's
   revision). helpful records give (prompt, initial). rounds: "all" | "last" |

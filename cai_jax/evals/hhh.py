@@ -1,4 +1,4 @@
-"""The 438 HHH comparisons of the CAI paper: stage `eval-hhh`.
+"""The 438 HHH comparisons of the CAI paper (stage `eval-hhh`).
 
 Data (../shared/data/cai_paper/evals/438HHHEvaluations.jsonl): {"prompt" (the
 multiple-choice form "... Options:\\n (A) ...\\n (B) ...\\n\\nThe answer is:"),
@@ -7,17 +7,14 @@ multiple-choice form "... Options:\\n (A) ...\\n (B) ...\\n\\nThe answer is:"),
   judge      the LM's log p(" (A)") vs log p(" (B)") after the prompt (config.model);
   judge_cot  the LM first samples reasoning after "Let's think step by step:" (in place of
              "The answer is:"), then "So the answer is:" is scored the same way;
-  rm         a trained reward model (eval.reward_model = the `rm` workdir): text_correct
-             must score higher than text_incorrect.
-Each: accuracy with a 95% Wilson interval. Writes <workdir>/<eval.out>/hhh.json and
-hhh.png; the last stdout line is the JSON summary.
+  rm         a trained reward model: text_correct must score higher than text_incorrect.
+Each: accuracy with a 95% Wilson interval; `plot` draws them with the chance line.
 
   python -m cai_jax eval-hhh --config experiments/embedded.py --config.eval.limit=50
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import pathlib
 from collections.abc import Callable, Sequence
@@ -97,56 +94,3 @@ def evaluate(items, *, logprob_fn=None, generate_fn=None, cot_limit: int = -1,
   if rm_score_fn is not None:
     results["rm"] = rm_result(items, rm_score_fn)
   return results
-
-
-def run(config) -> dict:
-  """Stage `eval-hhh` (see the module doc)."""
-  from cai_jax.data.sl_cai import resolve_repo_path
-
-  e = config.eval
-  items = load_hhh(resolve_repo_path(e.hhh), e.limit)
-  loaded, mesh = mc.load_for_eval(config)
-  logprob_fn = generate_fn = rm_fn = None
-  if e.judge:
-    logprob_fn = mc.model_logprob_fn(loaded.graphdef, loaded.params, loaded.tokenizer, mesh=mesh,
-                                     batch_size=e.batch_size, max_prompt_len=e.max_prompt_len)
-    if e.cot:
-      from cai_jax.data.feedback import _sampler_fn
-      with config.unlocked():
-        config.sampler.max_prompt_len = max(config.sampler.max_prompt_len, e.max_prompt_len)
-      generate_fn = _sampler_fn(loaded, config, mesh, config.seed, e.cot_max_new_tokens, chat=False)
-  if e.reward_model:
-    rm_fn = _rm_score_fn(config, e.reward_model, mesh, loaded)
-  results = evaluate(items, logprob_fn=logprob_fn, generate_fn=generate_fn,
-                     cot_limit=e.cot_limit, rm_score_fn=rm_fn)
-  out = pathlib.Path(config.workdir) / e.out
-  out.mkdir(parents=True, exist_ok=True)
-  summary = dict(stage="eval-hhh", model=loaded.source, reward_model=e.reward_model or None,
-                 n_items=len(items), **{k: r.summary() for k, r in results.items()})
-  (out / "hhh.json").write_text(json.dumps(
-      dict(summary, per_item={k: r.correct.astype(int).tolist() for k, r in results.items()}), indent=1))
-  if results:
-    plot(results, out / "hhh.png", f"HHH comparisons ({loaded.source})")
-  print(json.dumps(summary), flush=True)
-  return summary
-
-
-def _rm_score_fn(config, rm_workdir: str, mesh, loaded):
-  """score_fn for rm_result from a trained `rm` stage (tokenizer/chat of config.model)."""
-  import jax
-
-  from cai_jax import sharding
-  from cai_jax.data import preferences as prefs
-  from cai_jax.train import reward
-
-  if mesh is None:
-    mesh = sharding.make_mesh({"data": jax.device_count()})
-  graphdef, params = reward.load_reward_model(rm_workdir, mesh)
-  max_len = config.rm.max_len
-
-  def fn(good, bad):
-    pairs = [prefs.Pair(str(i), g, b, 1.0, "hhh") for i, (g, b) in enumerate(zip(good, bad))]
-    return reward.score_pairs(graphdef, params, pairs, loaded.tokenizer, loaded.chat,
-                              max_len=max_len, batch_size=config.eval.batch_size, mesh=mesh)
-
-  return fn

@@ -1,4 +1,4 @@
-"""Multiple-choice evaluation by log-likelihood: stage `eval-mc`.
+"""Multiple-choice evaluation by log-likelihood (stage `eval-mc`).
 
 Data: JSONL, one item per line, {"prompt": str, "corrects": [str, ...],
 "incorrects": [str, ...]} (the form of the CAI paper's evaluation files; any
@@ -6,7 +6,8 @@ number of options, extra fields ignored). Each option is scored by the summed
 log-probability of its tokens given the prompt (prompt and option tokenized
 separately and concatenated). An item counts as right when its best correct
 option scores strictly higher than every incorrect one (ties are wrong).
-Accuracy comes with a 95% Wilson score interval.
+Accuracy comes with a 95% Wilson score interval. A LogprobFn is any
+(prompts, continuations) -> summed log p; `sampling.TextSampler.logprobs` is the model's.
 
   python -m cai_jax eval-mc --config experiments/embedded.py --data ../shared/data/cai_paper/evals/438HHHEvaluations.jsonl
 """
@@ -14,7 +15,6 @@ Accuracy comes with a 95% Wilson score interval.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -140,59 +140,3 @@ def score_items(items: Sequence[MCItem], logprob_fn: LogprobFn,
     best_i[i] = scores[j + nc:j + nc + ni].max()
     j += nc + ni
   return accuracy_result(best_c > best_i, best_c, best_i)
-
-
-def model_logprob_fn(graphdef, params, tokenizer, *, mesh=None, batch_size: int = 8,
-                     max_prompt_len: int = 2048) -> LogprobFn:
-  """A LogprobFn backed by sampling.score_continuations. Prompts longer than
-  max_prompt_len tokens keep their last max_prompt_len tokens (logged)."""
-  from cai_jax import sampling
-
-  def fn(prompts: Sequence[str], continuations: Sequence[str]) -> np.ndarray:
-    cache: dict[str, list[int]] = {}
-    p_ids = []
-    for p in prompts:
-      if p not in cache:
-        ids = tokenizer.encode(p)
-        if len(ids) > max_prompt_len:
-          log.warning("prompt of %d tokens cut to its last %d", len(ids), max_prompt_len)
-          ids = ids[-max_prompt_len:]
-        cache[p] = ids
-      p_ids.append(cache[p])
-    c_ids = [tokenizer.encode(c) for c in continuations]
-    out = sampling.score_continuations(graphdef, params, p_ids, c_ids, pad_id=tokenizer.pad_id,
-                                       mesh=mesh, batch_size=batch_size)
-    return np.asarray([float(np.sum(x)) for x in out], np.float64)
-
-  return fn
-
-
-def load_for_eval(config):
-  """(LoadedModel, mesh or None) for an evaluation stage; a mesh only with several devices."""
-  import jax
-
-  from cai_jax import sharding
-  from cai_jax.models.load import load_model
-
-  mesh = None
-  if jax.device_count() > 1:
-    m = config.mesh
-    mesh = sharding.make_mesh({"data": m.data, "fsdp": m.fsdp, "tensor": m.tensor})
-  return load_model(config.model, mesh=mesh, rules="sample"), mesh
-
-
-def run(config) -> dict:
-  """Stage `eval-mc`: accuracy of config.model on config.eval.data; last stdout line is JSON."""
-  e = config.eval
-  if not e.data:
-    raise SystemExit("eval-mc: give the data file with --data PATH (or --config.eval.data=PATH)")
-  items = load_mc_jsonl(e.data)
-  if e.limit > 0:
-    items = items[:e.limit]
-  loaded, mesh = load_for_eval(config)
-  fn = model_logprob_fn(loaded.graphdef, loaded.params, loaded.tokenizer, mesh=mesh,
-                        batch_size=e.batch_size, max_prompt_len=e.max_prompt_len)
-  result = score_items(items, fn)
-  summary = dict(stage="eval-mc", data=str(e.data), model=loaded.source, **result.summary())
-  print(json.dumps(summary), flush=True)
-  return summary

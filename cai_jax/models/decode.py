@@ -22,7 +22,7 @@ So the sampler prepares the weights once per call and runs this step:
     into its preferred layout every step (measured: attention + copies
     ~30 ms of a ~96 ms batch-32 step before, ~10 ms after);
   * the logits stay vocabulary-major [V, B] and the greedy pick reduces over
-    axis 0 (selection.py), skipping a [B, V] transpose per token.
+    axis 0 (sampling/selection.py), skipping a [B, V] transpose per token.
 
 The arithmetic is the Transformer block's (RMSNorm and RoPE in float32, GQA
 with a float32 softmax); tests/test_sampling.py checks this step against the

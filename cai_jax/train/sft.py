@@ -1,11 +1,11 @@
-"""Supervised fine-tuning (SL-CAI): a pure sharded step and the `sft` stage.
+"""Supervised fine-tuning (SL-CAI): a pure sharded step and a whole run (`fine_tune`).
 
 `sft_step(state, batch, *, graphdef, tx, loss_fn, loss_cfg)` is a module-level
 pure function; `make_sft_step` jits it once with explicit NamedShardings (the
 state's from `train.state.state_shardings`, the batch's along the data axes)
-and a donated state. The stage reads SL-CAI JSONL through data/pipeline.py,
-runs the shared loop (checkpoints, resume, metrics) and exports the result to
-Hugging Face safetensors under `<workdir>/sft/hf`.
+and a donated state. `fine_tune` runs it through the shared loop (checkpoints,
+resume, metrics) on tokenized examples; the `sft` stage reads the data and
+exports the result.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def lm_outputs(graphdef: Any, params: Any, batch: Mapping[str, jax.Array]) -> di
   """The forward pass SFT losses read: {"hidden": [B, T, D], "head": [V, D]}.
 
   The read-out is left to the loss, so that sft_ce can fuse it with the
-  cross-entropy (losses.sft_ce / fused_ce.py); `losses.lm_logits` turns these
+  cross-entropy (losses.sft_ce / losses/fused_ce.py); `losses.lm_logits` turns these
   into [B, T, V] logits for a loss that wants them.
   """
   model = nnx.merge(graphdef, params)
@@ -103,20 +103,28 @@ def make_eval_fn(*, graphdef: Any, mesh: Mesh, batches: list[dict[str, np.ndarra
   return eval_fn
 
 
-# ----------------------------------------------------------------------------- stage `sft`
+# ----------------------------------------------------------------------------- a whole run
 
 
-def _data_paths(config) -> list[pathlib.Path]:
-  workdir = pathlib.Path(config.workdir)
-  spec = config.sft.data or str(workdir / config.sl_data.out)
-  out = []
-  for p in (s.strip() for s in spec.split(",") if s.strip()):
-    path = pathlib.Path(p)
-    out.append(path if path.is_absolute() or path.exists() else workdir / path)
-  return out
+@dataclasses.dataclass(frozen=True)
+class SFTSettings:
+  """How to fine-tune (the `sft` stage fills it from config.sft)."""
+
+  optim: Mapping[str, Any]  # train.state.make_optimizer's fields
+  seq_len: int = 512
+  pack: bool = True
+  batch_size: int = 8
+  num_steps: int = 100
+  helpful_fraction: float = -1.0  # share of helpful examples; -1 = their natural share
+  eval_every: int = 50
+  checkpoint_every: int = 50
+  keep: int = 3
+  log_every: int = 10
+  loss: str = "sft_ce"
+  seed: int = 0
 
 
-def _split_heldout(examples: list, fraction: float, seed: int) -> tuple[list, list]:
+def split_heldout(examples: list, fraction: float, seed: int) -> tuple[list, list]:
   """(train, held-out): a seeded random `fraction` of the examples, at least one when > 0."""
   if fraction <= 0 or len(examples) < 2:
     return list(examples), []
@@ -127,7 +135,7 @@ def _split_heldout(examples: list, fraction: float, seed: int) -> tuple[list, li
           [e for i, e in enumerate(examples) if i in held])
 
 
-def _eval_batches(items: list, seq_len: int, pad_id: int, batch_size: int) -> list[dict[str, np.ndarray]]:
+def eval_batches(items: list, seq_len: int, pad_id: int, batch_size: int) -> list[dict[str, np.ndarray]]:
   """Every held-out example exactly once, one per row; the last batch is filled with empty rows."""
   from cai_jax.data.pipeline import pack_rows
   batches = []
@@ -146,76 +154,53 @@ def _loss_curve(metrics_path: pathlib.Path) -> list[dict]:
   return [r for r in rows if r.get("stage") == "sft"]
 
 
-def run(config) -> dict:
-  """Stage `sft`: SL-CAI JSONL -> fine-tuned policy (checkpoints, metrics, HF export).
+def fine_tune(loaded, items: list, held_items: list, s: SFTSettings, sft_dir: str | pathlib.Path,
+              mesh: Mesh) -> tuple[TrainState, dict]:
+  """Fine-tunes `loaded` (a LoadedModel; its params are donated) on tokenized examples.
 
-  Writes under <workdir>/sft: checkpoints/, metrics.jsonl, tb/, summary.json and
-  (unless sft.export_hf == "none") an HF safetensors directory (default <workdir>/sft/hf).
-  A rerun resumes from the newest readable checkpoint, data iterator included.
+  Checkpoints, metrics.jsonl and tb/ go under sft_dir; a rerun resumes from the newest
+  readable checkpoint, data iterator included. Returns (final state, summary).
   """
-  from cai_jax import weights
-  from cai_jax.data.pipeline import DataReport, SFTBatches, read_sl_cai, tokenize_examples
-  from cai_jax.models.load import load_model
+  from cai_jax.data.pipeline import SFTBatches
   from cai_jax.train.checkpoint import Checkpointer
   from cai_jax.train.loop import restore_or_keep, run_loop
   from cai_jax.train.state import init_train_state, make_optimizer
 
-  c, workdir = config.sft, pathlib.Path(config.workdir)
-  sft_dir = workdir / "sft"
+  sft_dir = pathlib.Path(sft_dir)
   sft_dir.mkdir(parents=True, exist_ok=True)
-  mesh = sharding.make_mesh(dict(config.mesh))
-  loaded = load_model(config.model, mesh, rules="train")
-  tok, chat = loaded.tokenizer, loaded.chat
-
-  report = DataReport()
-  examples = read_sl_cai(_data_paths(config), rounds=c.rounds, on_error=c.on_error, report=report)
-  train, held = _split_heldout(examples, c.eval_fraction, c.seed)
-  items = tokenize_examples(train, tok, chat, c.seq_len, on_error=c.on_error, report=report)
-  held_items = tokenize_examples(held, tok, chat, c.seq_len, on_error=c.on_error, report=report)
+  tok = loaded.tokenizer
   sources = [[t for t in items if t.kind == "revision"], [t for t in items if t.kind == "helpful"]]
-  frac = c.helpful_fraction
+  frac = s.helpful_fraction
   if frac < 0:  # natural proportions
     frac = len(sources[1]) / max(len(items), 1)
-  log.info("sft: %d revision + %d helpful training examples (helpful share %.2f), %d held out; %s",
-           len(sources[0]), len(sources[1]), frac, len(held_items), report.summary())
-
-  tx = make_optimizer(c.optim, c.num_steps)
+  log.info("sft: %d revision + %d helpful training examples (helpful share %.2f), %d held out",
+           len(sources[0]), len(sources[1]), frac, len(held_items))
+  tx = make_optimizer(s.optim, s.num_steps)
   p_shard = jax.tree.map(lambda x: x.sharding, loaded.params)
-  state, s_shard = init_train_state(loaded.params, p_shard, tx, jax.random.key(c.seed), mesh,
+  state, s_shard = init_train_state(loaded.params, p_shard, tx, jax.random.key(s.seed), mesh,
                                     donate=True)
-  loaded = dataclasses.replace(loaded, params=None)  # donated to the state
-  ckpt = Checkpointer(sft_dir / "checkpoints", keep=c.keep)
+  ckpt = Checkpointer(sft_dir / "checkpoints", keep=s.keep)
   state, extra = restore_or_keep(ckpt, state, s_shard)
-  stream = SFTBatches(sources, [1.0 - frac, frac], seq_len=c.seq_len, batch_size=c.batch_size,
-                      pad_id=tok.pad_id, seed=c.seed, pack=c.pack)
+  stream = SFTBatches(sources, [1.0 - frac, frac], seq_len=s.seq_len, batch_size=s.batch_size,
+                      pad_id=tok.pad_id, seed=s.seed, pack=s.pack)
   if extra and "data" in extra:
     stream.set_state(extra["data"])
   step_fn = make_sft_step(graphdef=loaded.graphdef, tx=tx, state_shardings=s_shard, mesh=mesh,
-                          loss=c.loss)
+                          loss=s.loss)
   eval_fn = None
   if held_items:
-    eval_fn = make_eval_fn(graphdef=loaded.graphdef, mesh=mesh, loss=c.loss,
-                           batches=_eval_batches(held_items, c.seq_len, tok.pad_id, c.batch_size))
+    eval_fn = make_eval_fn(graphdef=loaded.graphdef, mesh=mesh, loss=s.loss,
+                           batches=eval_batches(held_items, s.seq_len, tok.pad_id, s.batch_size))
   batches = (sharding.shard_batch(b, mesh) for b in stream)
-  state = run_loop(state=state, step_fn=step_fn, batches=batches, num_steps=c.num_steps,
+  state = run_loop(state=state, step_fn=step_fn, batches=batches, num_steps=s.num_steps,
                    workdir=sft_dir, checkpointer=ckpt, data_state_fn=lambda: {"data": stream.get_state()},
-                   eval_fn=eval_fn, eval_every=c.eval_every, save_every=c.checkpoint_every,
-                   log_every=c.log_every, stage="sft", tokens_in_batch=c.batch_size * c.seq_len)
+                   eval_fn=eval_fn, eval_every=s.eval_every, save_every=s.checkpoint_every,
+                   log_every=s.log_every, stage="sft", tokens_in_batch=s.batch_size * s.seq_len)
   ckpt.close()
-
-  export = None
-  if c.export_hf != "none":
-    export = pathlib.Path(c.export_hf or sft_dir / "hf")
-    weights.export_hf(export, loaded.cfg, jax.device_get(state.params), tok)
-    log.info("sft: exported HF safetensors to %s", export)
   curve = _loss_curve(sft_dir / "metrics.jsonl")
   speeds = [r["tokens_per_s"] for r in curve[1:] if "tokens_per_s" in r]
-  summary = dict(stage="sft", steps=int(state.step), first_loss=curve[0]["loss"] if curve else None,
+  summary = dict(steps=int(state.step), first_loss=curve[0]["loss"] if curve else None,
                  last_loss=curve[-1]["loss"] if curve else None,
                  tokens_per_s=float(np.median(speeds)) if speeds else None,
-                 eval=eval_fn(state) if eval_fn else None, data=report.summary(),
-                 skipped=dict(report.skipped),
-                 export_hf=str(export) if export else None)
-  (sft_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-  print(json.dumps(summary), flush=True)
-  return summary
+                 eval=eval_fn(state) if eval_fn else None)
+  return state, summary

@@ -1,4 +1,4 @@
-"""TrainState and the optimizer built from a config's `optim` section.
+"""TrainState and the optimizer built from optimizer settings (config.py's `optim` fields).
 
 Master weights and optimizer state stay in the params' dtype (float32 by
 default, `model.param_dtype`); the forward pass casts to `model.dtype`
@@ -14,7 +14,6 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from jax.sharding import Mesh
 
@@ -29,42 +28,6 @@ class TrainState:
   params: Any
   opt_state: Any
   rng: jax.Array  # typed PRNG key
-
-
-def optim_section(**overrides) -> ml_collections.ConfigDict:
-  """The `optim` fields with their defaults (config.py's sections embed this)."""
-  c = ml_collections.ConfigDict(dict(
-      name="adamw",  # adamw | sgd
-      lr=1e-5,
-      warmup_steps=0,
-      schedule="constant",  # constant | cosine | linear (decay to lr * final_lr_frac after warmup)
-      decay_steps=0,  # cosine/linear: steps to decay over (0 = the stage's num_steps)
-      final_lr_frac=0.0,
-      weight_decay=0.0,
-      b1=0.9,
-      b2=0.999,
-      eps=1e-8,
-      momentum=0.0,  # sgd
-      grad_clip=1.0,  # global-norm clip; 0 = off
-      grad_accum=1,  # micro-batches per update (optax.MultiSteps)
-  ))
-  c.update(overrides)
-  return c
-
-
-def validate_optim(c: Mapping, where: str = "optim") -> None:
-  """Raises ValueError("<where>.field: ...") for bad optimizer settings."""
-  if c["name"] not in ("adamw", "sgd"):
-    raise ValueError(f"{where}.name: {c['name']!r}; expected adamw or sgd")
-  if c["schedule"] not in ("constant", "cosine", "linear"):
-    raise ValueError(f"{where}.schedule: {c['schedule']!r}; expected constant, cosine or linear")
-  if c["lr"] <= 0:
-    raise ValueError(f"{where}.lr: must be positive, got {c['lr']}")
-  for field in ("warmup_steps", "decay_steps", "weight_decay", "grad_clip"):
-    if c[field] < 0:
-      raise ValueError(f"{where}.{field}: must be >= 0, got {c[field]}")
-  if c["grad_accum"] < 1:
-    raise ValueError(f"{where}.grad_accum: must be >= 1, got {c['grad_accum']}")
 
 
 def make_schedule(c: Mapping, num_steps: int = 0) -> optax.Schedule:
@@ -84,8 +47,10 @@ def make_schedule(c: Mapping, num_steps: int = 0) -> optax.Schedule:
 
 
 def make_optimizer(c: Mapping, num_steps: int = 0) -> optax.GradientTransformation:
-  """optax chain from an `optim` section: clip -> adamw|sgd(schedule) [-> MultiSteps]."""
-  validate_optim(c)
+  """optax chain from optimizer settings (config.py's `optim` fields, validated there):
+  clip -> adamw|sgd(schedule) [-> MultiSteps]."""
+  if c["name"] not in ("adamw", "sgd") or c["schedule"] not in ("constant", "cosine", "linear"):
+    raise ValueError(f"optimizer: unknown name {c['name']!r} or schedule {c['schedule']!r}")
   schedule = make_schedule(c, num_steps)
   if c["name"] == "adamw":
     opt = optax.adamw(schedule, b1=c["b1"], b2=c["b2"], eps=c["eps"], weight_decay=c["weight_decay"])

@@ -1,6 +1,6 @@
 """Token selection for the sampler: greedy pick, temperature, top-k and top-p.
 
-Pure functions of a step's logits; `sampling.py` calls `select` once per
+Pure functions of a step's logits; `sampling/engine.py` calls `select` once per
 decode step inside its jitted loop.
 """
 

@@ -1,4 +1,4 @@
-"""AI feedback: preference labels from a feedback model's multiple-choice answer (stage `feedback`).
+"""AI feedback's core: preference labels from a feedback model's multiple-choice answer.
 
 For each prompt the policy samples two responses. A feedback model reads
 
@@ -14,7 +14,7 @@ For each prompt the policy samples two responses. A feedback model reads
 
 (after an optional few-shot prefix of solved examples) and the label is the
 normalised probability of " (A)" against " (B)":  p = sigmoid(log P(A) - log P(B)).
-Options (config section `feedback`):
+Options (`FeedbackSettings`; the stage `feedback` fills them from its config section):
   - swap: also ask with the responses in the order (B, A) and average
     p_a = (p(A first) + 1 - p(B first)) / 2, cancelling a bias toward a letter;
   - k_principles: average p_a over k principles drawn at random (with replacement);
@@ -79,7 +79,7 @@ class FeedbackSettings:
 
 @dataclasses.dataclass(frozen=True)
 class Preference:
-  """One preference record (the JSONL schema of contracts.md)."""
+  """One preference record (a line of feedback.jsonl)."""
 
   id: str
   prompt: str
@@ -241,79 +241,3 @@ def write_feedback(prompts, sample_pair: Callable, constitution, logprob_fn: Log
       f.flush()
       bar.update(len(chunk))
   return written
-
-
-def policy_source(config) -> str:
-  """feedback.policy, else the SFT export `<workdir>/sft/hf` if it exists, else config.model.source."""
-  if config.feedback.policy:
-    return config.feedback.policy
-  export = pathlib.Path(config.workdir) / "sft" / "hf"
-  return str(export) if export.is_dir() else config.model.source
-
-
-def _sampler_fn(model, config, mesh, seed: int, max_new_tokens: int, chat: bool):
-  """texts -> one sampled continuation each (chat-formatted when chat=True)."""
-  import jax
-
-  from cai_jax import sampling
-
-  s = config.sampler
-  tok = model.tokenizer
-  calls = [0]
-
-  def fn(texts: Sequence[str]) -> list[str]:
-    calls[0] += 1
-    prompts = [tok.encode(model.chat.format([{"role": "user", "content": t}]) if chat else t)
-               for t in texts]
-    out = sampling.generate(model.graphdef, model.params, prompts,
-                            rng=jax.random.fold_in(jax.random.key(seed), calls[0]),
-                            max_new_tokens=max_new_tokens, temperature=s.temperature,
-                            top_k=s.top_k, top_p=s.top_p, stop_ids=tok.stop_ids, pad_id=tok.pad_id,
-                            mesh=mesh, max_prompt_len=s.max_prompt_len)
-    stops = set(tok.stop_ids)
-    return [tok.decode([t for t in out.row(i) if t not in stops]).strip() for i in range(len(texts))]
-
-  return fn
-
-
-def run(config) -> dict:
-  """Stage `feedback`: writes <workdir>/<feedback.out>; resumes if it exists."""
-  from cai_jax.data.prompts import load_prompts
-  from cai_jax import constitution as constitution_lib
-  from cai_jax.data.sl_cai import resolve_repo_path
-  from cai_jax.evals.multiple_choice import load_for_eval, model_logprob_fn
-
-  c = config.feedback
-  judge, mesh = load_for_eval(config)
-  source = policy_source(config)
-  if source == config.model.source:
-    policy = judge
-  else:
-    from cai_jax.models.load import load_model
-    model_section = config.model.copy_and_resolve_references()
-    with model_section.unlocked():
-      model_section.source = source
-    policy = load_model(model_section, mesh=mesh, rules="sample")
-  constitution = constitution_lib.load(resolve_repo_path(c.constitution),
-                                       profile=resolve_repo_path(c.profile) or None, few_shot="")
-  if c.few_shot == "none" or c.n_few_shot == 0:
-    prefix = ""
-  elif c.few_shot == "ours":
-    prefix = few_shot_prefix(OUR_FEW_SHOT[:c.n_few_shot])
-  else:
-    prefix = few_shot_prefix(load_paper_few_shot(resolve_repo_path(c.few_shot))[:c.n_few_shot])
-  prompts = load_prompts(resolve_repo_path(c.prompts), limit=None if c.n_prompts < 0 else c.n_prompts)
-  sample = _sampler_fn(policy, config, mesh, config.seed, config.sampler.max_new_tokens, chat=True)
-  sample_pair = lambda texts: list(zip(sample(texts), sample(texts)))  # noqa: E731
-  gen = _sampler_fn(judge, config, mesh, config.seed + 1, c.cot_max_new_tokens, chat=False)
-  lp = model_logprob_fn(judge.graphdef, judge.params, judge.tokenizer, mesh=mesh,
-                        batch_size=config.sampler.batch_size,
-                        max_prompt_len=config.sampler.max_prompt_len)
-  s = FeedbackSettings(k_principles=c.k_principles, hard_labels=c.hard_labels, cot=c.cot,
-                       clamp_lo=c.clamp_lo, clamp_hi=c.clamp_hi, swap=c.swap, seed=config.seed)
-  out = pathlib.Path(config.workdir) / c.out
-  n = write_feedback(prompts, sample_pair, constitution, lp, out, s, prefix, gen if c.cot else None,
-                     batch_size=config.sampler.batch_size)
-  summary = dict(stage="feedback", out=str(out), new_records=n, policy=source, judge=judge.source)
-  print(json.dumps(summary), flush=True)
-  return summary

@@ -18,7 +18,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from cai_jax import fused_ce
+from cai_jax.losses import fused_ce
 
 
 @flax.struct.dataclass
@@ -182,7 +182,8 @@ def value_clip_loss(outputs, batch, cfg) -> LossOutput:
   """Clipped value loss: 0.5 * max((V - R)^2, (V_old + clip(V - V_old, +-eps) - R)^2).
 
   outputs: "values" [B, T]; batch: "old_values", "returns", "mask";
-  cfg: value_clip_eps (0 = no clipping), value_coef (scales `total` only).
+  cfg: value_clip_eps (0 = no clipping), value_coef (scales `total` only; required, its
+  one default is config.ppo.value_coef).
   """
   mask = batch["mask"]
   eps = float(cfg.get("value_clip_eps", 0.2))
@@ -196,7 +197,7 @@ def value_clip_loss(outputs, batch, cfg) -> LossOutput:
   else:
     clip_frac = jnp.zeros((), jnp.float32)
   value_loss = 0.5 * _token_mean(err, mask)
-  return LossOutput(total=float(cfg.get("value_coef", 1.0)) * value_loss,
+  return LossOutput(total=float(cfg["value_coef"]) * value_loss,
                     metrics={"value_loss": value_loss, "value_clip_frac": clip_frac})
 
 

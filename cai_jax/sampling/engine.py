@@ -33,7 +33,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from cai_jax import selection, sharding
+from cai_jax import sharding
+from cai_jax.sampling import selection
 from cai_jax.models import decode
 from cai_jax.models.transformer import KVCache
 

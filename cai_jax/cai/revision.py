@@ -1,4 +1,4 @@
-"""SL-CAI data: initial answers, then rounds of critique -> revision (stage `sl-data`).
+"""SL-CAI's core: initial answers, then rounds of critique -> revision (stage `sl-data`).
 
 For every red-team prompt (paper §3.1):
   1. the policy answers the prompt;
@@ -34,11 +34,10 @@ import time
 import zlib
 from collections.abc import Sequence
 
-import jax
 import numpy as np
 from tqdm import tqdm
 
-from cai_jax import sampling
+from cai_jax.sampling import TextSampler
 from cai_jax.constitution import Constitution, FewShotExample, Principle
 from cai_jax.data.prompts import Prompt
 
@@ -48,17 +47,12 @@ MODES = ("critique", "direct")
 
 @dataclasses.dataclass(frozen=True)
 class SLDataSettings:
-  """How to generate: rounds, mode, few-shot count and sampling parameters."""
+  """How to revise: rounds, mode, few-shot count and the seed of the principle draws.
+  (How to sample is the TextSampler's SamplerSettings.)"""
 
   n_rounds: int = 4
   mode: str = "critique"  # critique | direct
   n_few_shot: int = 5  # how many of the constitution's examples go in the prefix
-  temperature: float = 1.0
-  top_k: int = 0
-  top_p: float = 1.0
-  max_new_tokens: int = 128
-  max_prompt_len: int = 2048
-  batch_size: int = 8
   seed: int = 0
 
 
@@ -71,7 +65,7 @@ class Round:
 
 @dataclasses.dataclass(frozen=True)
 class SLRecord:
-  """One line of sl_cai.jsonl (the schema in notes/contracts.md)."""
+  """One line of sl_cai.jsonl."""
 
   id: str
   prompt: str
@@ -160,27 +154,9 @@ def _row_id(record_id: str) -> int:
   return zlib.crc32(record_id.encode()) & 0x7FFFFFFF
 
 
-class _Sampler:
-  """Chat messages in, decoded answers out, through `sampling.generate`."""
-
-  def __init__(self, model, settings: SLDataSettings, mesh):
-    self.model, self.s, self.mesh = model, settings, mesh
-    self.key = jax.random.key(settings.seed)
-
-  def __call__(self, conversations: list[list[dict]], row_ids: list[int], phase: int) -> list[str]:
-    tok, s = self.model.tokenizer, self.s
-    prompts = [tok.encode(self.model.chat.format(c)) for c in conversations]
-    out = sampling.generate(
-        self.model.graphdef, self.model.params, prompts, rng=jax.random.fold_in(self.key, phase),
-        max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-        stop_ids=tok.stop_ids, pad_id=tok.pad_id, mesh=self.mesh, max_prompt_len=s.max_prompt_len,
-        batch_size=s.batch_size, row_ids=row_ids)
-    stops = set(tok.stop_ids)
-    texts = []
-    for i in range(len(prompts)):
-      ids = [t for t in out.row(i) if t not in stops]
-      texts.append(tok.decode(ids, skip_special=True).strip())
-    return texts
+def _chat_fn(sampler: TextSampler):
+  """(conversations, row_ids, phase) -> answers, through the text-level sampler."""
+  return lambda convs, row_ids, phase: sampler.chat(convs, row_ids=row_ids, step=phase)
 
 
 def critique_and_revise(sample, constitution: Constitution, items: Sequence[tuple[str, Prompt]],
@@ -211,12 +187,12 @@ def critique_and_revise(sample, constitution: Constitution, items: Sequence[tupl
                    model=model_name, config_fingerprint=fp) for j, (kind, p) in enumerate(items)]
 
 
-def generate_sl_data(model, constitution: Constitution, red_team: Sequence[Prompt],
-                     helpful: Sequence[Prompt], out_path, settings: SLDataSettings, *, fp: str,
-                     mesh=None) -> dict:
+def generate_sl_data(sampler: TextSampler, constitution: Constitution, red_team: Sequence[Prompt],
+                     helpful: Sequence[Prompt], out_path, settings: SLDataSettings, *,
+                     fp: str) -> dict:
   """Writes (or completes) the SL-CAI JSONL at out_path; returns a summary dict.
 
-  `model` needs graphdef, params, tokenizer, chat and source (a LoadedModel).
+  Prompts go through `sampler` in batches of its settings' batch_size.
   """
   if settings.mode not in MODES:
     raise ValueError(f"sl_data.mode: {settings.mode!r}; expected one of {MODES}")
@@ -231,13 +207,14 @@ def generate_sl_data(model, constitution: Constitution, red_team: Sequence[Promp
   todo = [it for it in items if it[1].id not in done]
   log.info("sl-data: %d prompts, %d already in %s, %d to generate (%s mode, %d rounds)",
            len(items), len(items) - len(todo), out_path, len(todo), settings.mode, settings.n_rounds)
-  sample = _Sampler(model, settings, mesh)
+  sample = _chat_fn(sampler)
+  batch_size = sampler.settings.batch_size
   t0 = time.perf_counter()
   with open(out_path, "a", encoding="utf-8") as f, tqdm(total=len(todo), unit="prompt",
                                                          desc="sl-data") as bar:
-    for start in range(0, len(todo), settings.batch_size):
-      batch = todo[start:start + settings.batch_size]
-      records = critique_and_revise(sample, constitution, batch, settings, model.source, fp)
+    for start in range(0, len(todo), batch_size):
+      batch = todo[start:start + batch_size]
+      records = critique_and_revise(sample, constitution, batch, settings, sampler.source, fp)
       f.write("".join(r.to_json() + "\n" for r in records))
       f.flush()
       os.fsync(f.fileno())
@@ -248,54 +225,3 @@ def generate_sl_data(model, constitution: Constitution, red_team: Sequence[Promp
   log.info("sl-data: wrote %d records in %.1fs (%.2f prompts/s)", len(todo), seconds,
            summary["prompts_per_s"])
   return summary
-
-
-# ----------------------------------------------------------------------------- stage
-
-
-def resolve_repo_path(path: str) -> str:
-  """A path as given if it exists, else relative to the repository (constitutions/...)."""
-  if not path or path.startswith("paper:") or pathlib.Path(path).exists():
-    return path
-  repo_relative = pathlib.Path(__file__).resolve().parents[2] / path
-  return str(repo_relative) if repo_relative.exists() else path
-
-
-def settings_from_config(config) -> SLDataSettings:
-  c, s = config.sl_data, config.sampler
-  return SLDataSettings(n_rounds=c.n_rounds, mode=c.mode, n_few_shot=c.n_few_shot,
-                        temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                        max_new_tokens=s.max_new_tokens, max_prompt_len=s.max_prompt_len,
-                        batch_size=s.batch_size, seed=config.seed)
-
-
-def load_constitution_from_config(c) -> Constitution:
-  from cai_jax import constitution as constitution_lib
-  few_shot = {"": None, "none": ""}.get(c.few_shot, resolve_repo_path(c.few_shot))
-  return constitution_lib.load(resolve_repo_path(c.constitution),
-                               profile=resolve_repo_path(c.profile) or None, few_shot=few_shot)
-
-
-def run(config) -> dict:
-  """Stage `sl-data`: writes <workdir>/<sl_data.out>; resumes if it exists."""
-  from cai_jax import sharding
-  from cai_jax.data.prompts import load_prompts
-  from cai_jax.models.load import load_model
-
-  c = config.sl_data
-  mesh = sharding.make_mesh(dict(config.mesh))
-  model = load_model(config.model, mesh, rules="sample")
-  constitution = load_constitution_from_config(c)
-  limit = lambda n: None if n < 0 else n  # noqa: E731
-  red = load_prompts(resolve_repo_path(c.prompts), limit=limit(c.n_prompts))
-  helpful = (load_prompts(resolve_repo_path(c.helpful_prompts), limit=limit(c.n_helpful))
-             if c.n_helpful != 0 else [])
-  settings = settings_from_config(config)
-  # What determines the records' content: not how many prompts, not the batch size.
-  fp = fingerprint({"model": config.model.to_dict(), "seed": config.seed,
-                    "settings": {k: v for k, v in dataclasses.asdict(settings).items()
-                                 if k != "batch_size"},
-                    "constitution": [dataclasses.asdict(p) for p in constitution.principles],
-                    "few_shot": [dataclasses.asdict(e) for e in constitution.few_shot]})
-  return generate_sl_data(model, constitution, red, helpful, pathlib.Path(config.workdir) / c.out,
-                          settings, fp=fp, mesh=mesh)

@@ -1,0 +1,127 @@
+"""RunLayout: every stage's inputs and outputs under one workdir, named once.
+
+A run (one stage alone, or the pipeline) writes into one workdir; each stage
+owns one folder in it. This docstring is the documented tree (the pipeline test
+checks a real run against `RunLayout.expected_tree()`):
+
+  <workdir>/
+    sl_data/sl_cai.jsonl                 stage sl-data: prompts, answers, critiques, revisions
+    sft/checkpoints/<step>/              stage sft: orbax TrainStates (resume by rerunning)
+    sft/metrics.jsonl  sft/tb/           per-step metrics (JSONL + TensorBoard)
+    sft/summary.json  sft/hf/            summary; the fine-tuned policy as HF safetensors
+    feedback/feedback.jsonl              stage feedback: AI preference labels
+    rm/checkpoints/  rm/metrics.jsonl  rm/tb/  rm/summary.json
+    rm/model/                            the trained reward model (models/reward.py)
+    ppo/checkpoints/  ppo/metrics.jsonl  ppo/tb/  ppo/summary.json  ppo/curves.png
+    eval/hhh.json  eval/hhh.png          stage eval-hhh
+    plots/<stage>.png  report.md  summary.json     stage pipeline: the report
+
+The rule for which model a stage starts from lives here too (`start_model`):
+an explicit setting wins, else the SFT export of this workdir if it exists,
+else the experiment's base model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+# stage name -> its folder under the workdir (the pipeline writes the report at the top).
+STAGE_DIRS = {"sl-data": "sl_data", "sft": "sft", "feedback": "feedback", "rm": "rm",
+              "ppo": "ppo", "eval-hhh": "eval", "eval-mc": "eval"}
+TRAINING_STAGES = ("sft", "rm", "ppo")  # the ones that write metrics.jsonl through the loop
+
+
+@dataclasses.dataclass(frozen=True)
+class RunLayout:
+  """Paths of one run; nothing is created by looking."""
+
+  root: pathlib.Path
+
+  def __init__(self, root: str | pathlib.Path):
+    object.__setattr__(self, "root", pathlib.Path(root))
+
+  def stage_dir(self, stage: str) -> pathlib.Path:
+    if stage not in STAGE_DIRS:
+      raise KeyError(f"no stage {stage!r} in the run layout; stages: {sorted(STAGE_DIRS)}")
+    return self.root / STAGE_DIRS[stage]
+
+  # ---------------------------------------------------------------- each stage's files
+  @property
+  def sl_data(self) -> pathlib.Path:
+    """SL-CAI records (stage sl-data's output, stage sft's input)."""
+    return self.stage_dir("sl-data") / "sl_cai.jsonl"
+
+  @property
+  def sft_export(self) -> pathlib.Path:
+    """The fine-tuned policy as HF safetensors (stage sft's output)."""
+    return self.stage_dir("sft") / "hf"
+
+  @property
+  def feedback(self) -> pathlib.Path:
+    """AI preference labels (stage feedback's output, stage rm's input)."""
+    return self.stage_dir("feedback") / "feedback.jsonl"
+
+  @property
+  def reward_model(self) -> pathlib.Path:
+    """The trained reward model (stage rm's output; ppo's and eval-hhh's input)."""
+    return self.stage_dir("rm") / "model"
+
+  def checkpoints(self, stage: str) -> pathlib.Path:
+    return self.stage_dir(stage) / "checkpoints"
+
+  def summary(self, stage: str) -> pathlib.Path:
+    return self.stage_dir(stage) / "summary.json"
+
+  def metrics(self, stage: str) -> pathlib.Path:
+    return self.stage_dir(stage) / "metrics.jsonl"
+
+  @property
+  def hhh(self) -> pathlib.Path:
+    return self.stage_dir("eval-hhh") / "hhh.json"
+
+  @property
+  def report(self) -> pathlib.Path:
+    return self.root / "report.md"
+
+  @property
+  def plots(self) -> pathlib.Path:
+    return self.root / "plots"
+
+  def metrics_files(self) -> list[pathlib.Path]:
+    """The training stages' metrics.jsonl files that exist, in pipeline order."""
+    return [self.metrics(s) for s in TRAINING_STAGES if self.metrics(s).is_file()]
+
+  # ---------------------------------------------------------------- which model
+  def start_model(self, explicit: str, base: str) -> tuple[str, str]:
+    """(model source, why) for a stage that continues from the SFT policy: `explicit` when
+    set, else this workdir's SFT export when it exists, else `base` (config.model.source)."""
+    if explicit:
+      return explicit, "set in the config"
+    if self.sft_export.is_dir():
+      return str(self.sft_export), "the SFT export of this workdir"
+    return base, f"no SFT export at {self.sft_export}, so the base model"
+
+  # ---------------------------------------------------------------- the documented tree
+  @staticmethod
+  def expected_tree(stages) -> dict[str, set[str]]:
+    """Folder (relative to the workdir, "" = top) -> the entries a run of `stages` leaves
+    there (names of files, and of folders with a trailing "/")."""
+    train = {"checkpoints/", "metrics.jsonl", "tb/", "summary.json"}
+    per_stage = {
+        "sl-data": {"sl_data": {"sl_cai.jsonl"}},
+        "sft": {"sft": train | {"hf/"}},
+        "feedback": {"feedback": {"feedback.jsonl"}},
+        "rm": {"rm": train | {"model/"}},
+        "ppo": {"ppo": train | {"curves.png"}},
+        "eval-hhh": {"eval": {"hhh.json", "hhh.png"}},
+    }
+    tree: dict[str, set[str]] = {"": {"report.md", "summary.json"}}
+    for stage in stages:
+      for folder, entries in per_stage[stage].items():
+        tree[""].add(folder + "/")
+        tree.setdefault(folder, set()).update(entries)
+    if any(s in TRAINING_STAGES for s in stages):
+      tree[""].add("plots/")
+      tree["plots"] = {f"{s}.png" for s in TRAINING_STAGES if s in stages}
+    return tree

@@ -1,0 +1,113 @@
+"""Stage `ppo` (RL-CAI): the SFT policy trained against the reward model.
+
+  python -m cai_jax ppo --config experiments/rl_cai.py
+
+Reads the policy (ppo.policy; default this workdir's SFT export if present,
+else config.model), the reward model (ppo.reward_model; default this workdir's
+rm/model) and prompt sets (ppo.prompts). Writes <workdir>/ppo/ (checkpoints/
+with the KL controller and reward statistics in `extra`, metrics.jsonl, tb/,
+curves.png, summary.json). A rerun resumes and continues bit-identically.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import pathlib
+
+import jax
+import jax.numpy as jnp
+
+from cai_jax import report
+from cai_jax.data.prompts import load_prompts
+from cai_jax.models.reward import load_reward_model, reward_scores
+from cai_jax.sampling import TextSampler
+from cai_jax.stages import common
+from cai_jax.train import checkpoint, loop, ppo, ppo_rewards
+from cai_jax.train import state as state_lib
+
+log = logging.getLogger(__name__)
+logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every file it renames
+CURVES = ("reward_mean", "kl", "kl_coef", "entropy", "value_loss", "explained_variance", "clip_frac",
+          "response_length")
+
+
+def encode_prompts(specs: str, sampler: TextSampler) -> list[list[int]]:
+  """Every prompt of the comma-separated specs as a chat turn awaiting the answer."""
+  prompts = [sampler.encode_chat([{"role": "user", "content": p.text}])
+             for spec in (s.strip() for s in specs.split(",") if s.strip())
+             for p in load_prompts(common.repo_path(spec))]
+  if not prompts:
+    raise ValueError(f"ppo.prompts: {specs!r} gave no prompts")
+  return prompts
+
+
+def reward_fn(config, mesh, tokenizer):
+  """The configured reward: the trained reward model, or the synthetic token count."""
+  c = config.ppo
+  if c.reward == "token_count":
+    return ppo_rewards.token_count_reward(tokenizer.encode(c.reward_tokens))
+  where = pathlib.Path(c.reward_model) if c.reward_model else common.layout(config).reward_model
+  log.info("ppo: reward model from %s", where)
+  graphdef, params = load_reward_model(where, mesh)
+  return ppo_rewards.reward_model_fn(reward_scores, graphdef, params, mesh=mesh,
+                                     batch_size=c.sample_batch_size)
+
+
+def build(config, mesh=None):
+  """Everything a PPO run needs: (state, shardings, PPOIteration)."""
+  c = config.ppo
+  mesh = mesh or common.mesh(config)
+  source, why = common.layout(config).start_model(c.policy, config.model.source)
+  if c.policy and not pathlib.Path(c.policy).exists():
+    raise FileNotFoundError(f"ppo.policy: {c.policy!r} does not exist (expected the SFT stage's "
+                            "export <workdir>/sft/hf or a weights file)")
+  common.say_start_model("ppo (policy)", source, why)
+  loaded = common.load(config, mesh, rules="train", source=source)
+  policy = loaded.params
+  ref_params = jax.tree.map(jnp.copy, policy)  # frozen reference = the starting (SFT) policy
+  shared = c.value_head == "shared"
+  head_gd, value = ppo.init_value_params(shared, policy, loaded.cfg.d_model, mesh)
+  spec = ppo.PPOSpec(loaded.graphdef, head_gd, shared)
+  params = {"policy": policy, "value": value}
+  param_shardings = jax.tree.map(lambda x: x.sharding, params)
+  # One optimizer update per minibatch: num_steps iterations x epochs x minibatches.
+  updates = c.num_steps * c.epochs * (c.rollout_batch_size // c.minibatch_size)
+  tx = state_lib.make_optimizer(c.optim.to_dict(), num_steps=updates)
+  state, shardings = state_lib.init_train_state(params, param_shardings, tx,
+                                                jax.random.key(config.seed), mesh)
+  tok = loaded.tokenizer
+  iteration = ppo.PPOIteration(
+      spec=spec, cfg=c.to_dict(), tx=tx, mesh=mesh, state_shardings=shardings,
+      prompts=encode_prompts(c.prompts, TextSampler(loaded)),
+      reward_fn=reward_fn(config, mesh, tok), ref_params=ref_params,
+      host=ppo.HostState(kl_coef=float(c.kl_coef)), stop_ids=tok.stop_ids, pad_id=tok.pad_id,
+      seed=config.seed)
+  return state, shardings, iteration
+
+
+def run(config) -> dict:
+  c, layout = config.ppo, common.layout(config)
+  workdir = layout.stage_dir("ppo")
+  workdir.mkdir(parents=True, exist_ok=True)
+  state, shardings, iteration = build(config)
+  checkpointer = checkpoint.Checkpointer(layout.checkpoints("ppo"), keep=c.keep)
+  state, extra = loop.restore_or_keep(checkpointer, state, shardings)
+  if extra is not None:
+    iteration.host = ppo.HostState.from_json(extra["ppo"])
+    log.info("ppo: resumed at iteration %d (kl_coef %.6g)", int(state.step), iteration.host.kl_coef)
+    if iteration.host.kl_coef != float(c.kl_coef):
+      log.info("ppo: the checkpoint's KL coefficient %.6g replaces the configured ppo.kl_coef %.6g "
+               "(%s controller state is part of the run)", iteration.host.kl_coef, c.kl_coef,
+               c.kl_controller)
+  state = loop.run_loop(state=state, step_fn=iteration, batches=itertools.repeat(None),
+                        num_steps=c.num_steps, workdir=workdir, checkpointer=checkpointer,
+                        data_state_fn=lambda: {"ppo": iteration.host.to_json()},
+                        save_every=c.checkpoint_every, stage="ppo", log_every=1)
+  checkpointer.close()
+  records = [r for r in report.read_jsonl(layout.metrics("ppo")) if r.get("stage") == "ppo"]
+  png = report.plot_stage(records, "ppo", workdir / "curves.png", keys=CURVES)
+  last = records[-1] if records else {}
+  summary = {"steps": int(state.step), "curves": str(png) if png else None,
+             **{k: last.get(k) for k in ("reward_mean", "kl", "kl_coef", "entropy")}}
+  return common.finish("ppo", summary, layout.summary("ppo"))

@@ -1,0 +1,31 @@
+"""Stage `rm`: a reward model trained on AI (and optionally human) preference pairs.
+
+  python -m cai_jax rm --config experiments/embedded.py --config.rm.num_steps=50
+
+Reads rm.ai_data (default: this workdir's feedback/feedback.jsonl; "none" = no
+AI pairs) and rm.human_data (hh-rlhf JSONL); the trunk starts from rm.init
+(default config.model). Writes <workdir>/rm/ (checkpoints/, metrics.jsonl,
+tb/, summary.json, model/); a rerun resumes.
+"""
+
+from __future__ import annotations
+
+from cai_jax.data import preferences as prefs
+from cai_jax.stages import common
+from cai_jax.train import reward
+
+
+def run(config) -> dict:
+  c, layout = config.rm, common.layout(config)
+  mesh = common.mesh(config)
+  trunk = common.load(config, mesh, rules="train", source=c.init or None)
+  common.say_start_model("rm (trunk)", trunk.source, "rm.init" if c.init else "config.model")
+  ai_path = {"": str(layout.feedback), "none": ""}.get(c.ai_data, c.ai_data)
+  ai = prefs.load_preference_jsonl(ai_path) if ai_path else []
+  human = prefs.load_hh_pairs(c.human_data, c.n_human, c.seed) if c.human_data else []
+  settings = reward.RMSettings(
+      optim=c.optim.to_dict(), loss=c.loss, max_len=c.max_len, batch_size=c.batch_size,
+      num_steps=c.num_steps, human_fraction=c.human_fraction, eval_fraction=c.eval_fraction,
+      eval_every=c.eval_every, checkpoint_every=c.checkpoint_every, keep=c.keep, seed=c.seed)
+  summary = reward.train_reward_model(trunk, ai, human, settings, layout.stage_dir("rm"), mesh)
+  return common.finish("rm", summary, layout.summary("rm"))

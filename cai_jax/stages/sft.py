@@ -1,0 +1,61 @@
+"""Stage `sft`: SL-CAI JSONL -> fine-tuned policy (checkpoints, metrics, HF export).
+
+  python -m cai_jax sft --config experiments/sft.py
+
+Reads sft.data (default: this workdir's sl_data/sl_cai.jsonl), writes
+<workdir>/sft/ (checkpoints/, metrics.jsonl, tb/, summary.json) and, unless
+sft.export_hf == "none", the policy as HF safetensors (default <workdir>/sft/hf).
+A rerun resumes from the newest readable checkpoint, data iterator included.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+
+import jax
+
+from cai_jax import weights
+from cai_jax.data.pipeline import DataReport, read_sl_cai, tokenize_examples
+from cai_jax.stages import common
+from cai_jax.train import sft
+
+log = logging.getLogger(__name__)
+
+
+def data_paths(spec: str, default: pathlib.Path, workdir: pathlib.Path) -> list[pathlib.Path]:
+  """sft.data: comma-separated paths (relative ones found as given, else under the workdir)."""
+  out = []
+  for p in (s.strip() for s in (spec or str(default)).split(",") if s.strip()):
+    path = pathlib.Path(p)
+    out.append(path if path.is_absolute() or path.exists() else workdir / path)
+  return out
+
+
+def run(config) -> dict:
+  c, layout = config.sft, common.layout(config)
+  mesh = common.mesh(config)
+  loaded = common.load(config, mesh, rules="train")
+  common.say_start_model("sft", loaded.source, "config.model")
+  report = DataReport()
+  paths = data_paths(c.data, layout.sl_data, layout.root)
+  examples = read_sl_cai(paths, rounds=c.rounds, on_error=c.on_error, report=report)
+  train, held = sft.split_heldout(examples, c.eval_fraction, c.seed)
+  tok, chat = loaded.tokenizer, loaded.chat
+  items = tokenize_examples(train, tok, chat, c.seq_len, on_error=c.on_error, report=report)
+  held_items = tokenize_examples(held, tok, chat, c.seq_len, on_error=c.on_error, report=report)
+  log.info("sft: data from %s; %s", ", ".join(map(str, paths)), report.summary())
+  settings = sft.SFTSettings(
+      optim=c.optim.to_dict(), seq_len=c.seq_len, pack=c.pack, batch_size=c.batch_size,
+      num_steps=c.num_steps, helpful_fraction=c.helpful_fraction, eval_every=c.eval_every,
+      checkpoint_every=c.checkpoint_every, keep=c.keep, log_every=c.log_every, loss=c.loss,
+      seed=c.seed)
+  state, summary = sft.fine_tune(loaded, items, held_items, settings, layout.stage_dir("sft"), mesh)
+  export = None
+  if c.export_hf != "none":
+    export = pathlib.Path(c.export_hf) if c.export_hf else layout.sft_export
+    weights.export_hf(export, loaded.cfg, jax.device_get(state.params), tok)
+    log.info("sft: exported HF safetensors to %s", export)
+  summary.update(data=report.summary(), skipped=dict(report.skipped),
+                 export_hf=str(export) if export else None)
+  return common.finish("sft", summary, layout.summary("sft"))
