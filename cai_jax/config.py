@@ -248,6 +248,64 @@ def _sft() -> ConfigDict:
   ))
 
 
+def _refusal() -> ConfigDict:
+  # Refusal classes (evals/refusal.py): full_compliance | full_refusal | partial_refusal.
+  # Used by eval-refusal (agreement with labels), eval-safety and sl-data's per-round table.
+  return ConfigDict(dict(
+      backend="rules",  # rules (phrase detector, no model) | judge (config.model, class-letter log-probs)
+      data="",  # eval-refusal: JSONL {"prompt", "completion", "label"}; "" = our labelled set
+  ))
+
+
+def _safety() -> ConfigDict:
+  # Stage `eval-safety` (evals/safety.py): over-refusal rate (ORR) on safe prompts vs
+  # unsafe-compliance rate (UCR) on unsafe ones, XSTest-style.
+  return ConfigDict(dict(
+      data="",  # JSONL {"prompt", "label": "safe"|"unsafe", "type"?}; "" = our prompt set
+      limit=-1,  # first N prompts; -1 = all
+      models="",  # comma-separated further model sources, run on the same prompts (McNemar); "" = none
+      max_new_tokens=64,
+  ))
+
+
+def _harmless() -> ConfigDict:
+  # Harmlessness score (evals/harmlessness.py): an evaluator reward model trained on human
+  # harmlessness pairs by stage `harmless-rm` (kept apart from the policy's AI labels);
+  # stage `eval-harmless` scores a model's answers with it against a baseline's answers.
+  return ConfigDict(dict(
+      data="../shared/data/hh_rlhf/harmless-base-test.jsonl.gz",  # hh-rlhf {"chosen", "rejected"}
+      n_pairs=-1,  # cap on pairs read; -1 = all
+      max_len=256,
+      batch_size=8,
+      num_steps=200,
+      eval_fraction=0.1,
+      eval_every=50,
+      checkpoint_every=50,
+      keep=2,
+      seed=0,
+      optim=optim_section(lr=1e-5, warmup_steps=10),
+      model="",  # evaluator reward-model dir; "" = <workdir>/harmless_rm/model
+      policy="",  # model whose answers are scored; "" = <workdir>/sft/hf if present, else config.model
+      baseline="",  # model whose answers it is compared with; "" = config.model
+      prompts="red_team",  # prompt spec (data/prompts.py) of the scored prompts
+      n_prompts=-1,
+      max_new_tokens=64,
+  ))
+
+
+def _drift() -> ConfigDict:
+  # First-token drift (evals/drift.py): KL(current || reference) per response position over
+  # the first k tokens of the reference's answers to harmful prompts; judge-free.
+  return ConfigDict(dict(
+      model="",  # current model; "" = <workdir>/sft/hf if present, else config.model
+      reference="",  # frozen reference; "" = config.model
+      prompts="red_team",
+      n_prompts=-1,
+      k=5,  # response positions compared
+      refusal_opening="I'm sorry, but I can't help with that.",  # its log-prob is reported
+  ))
+
+
 def _pipeline() -> ConfigDict:
   # Stage `pipeline` (stages/pipeline.py): which stages to run, in the fixed order
   # sl-data, sft, feedback, rm, ppo, eval-hhh.
@@ -271,6 +329,10 @@ def base_config() -> ConfigDict:
   config.feedback = _feedback()
   config.rm = _rm()
   config.sft = _sft()
+  config.refusal = _refusal()
+  config.safety = _safety()
+  config.harmless = _harmless()
+  config.drift = _drift()
   return config.lock()
 
 

@@ -28,7 +28,9 @@ import pathlib
 
 # stage name -> its folder under the workdir (the pipeline writes the report at the top).
 STAGE_DIRS = {"sl-data": "sl_data", "sft": "sft", "feedback": "feedback", "rm": "rm",
-              "ppo": "ppo", "eval-hhh": "eval", "eval-mc": "eval"}
+              "ppo": "ppo", "eval-hhh": "eval", "eval-mc": "eval", "eval-refusal": "eval",
+              "eval-safety": "safety", "harmless-rm": "harmless_rm", "eval-harmless": "harmless",
+              "eval-drift": "drift"}
 TRAINING_STAGES = ("sft", "rm", "ppo")  # the ones that write metrics.jsonl through the loop
 
 

@@ -21,6 +21,11 @@ STAGES: dict[str, str] = {
     "ppo": "ppo",
     "eval-mc": "eval_mc",
     "eval-hhh": "eval_hhh",
+    "eval-refusal": "eval_refusal",
+    "eval-safety": "eval_safety",
+    "harmless-rm": "harmless_rm",
+    "eval-harmless": "eval_harmless",
+    "eval-drift": "eval_drift",
     "pipeline": "pipeline",
 }
 
