@@ -259,12 +259,13 @@ def _refusal() -> ConfigDict:
 
 def _safety() -> ConfigDict:
   # Stage `eval-safety` (evals/safety.py): over-refusal rate (ORR) on safe prompts vs
-  # unsafe-compliance rate (UCR) on unsafe ones, XSTest-style.
+  # unsafe-compliance rate (UCR) on unsafe ones, XSTest-style. Answers are sampled with
+  # config.sampler (same seed for every model) and classified by refusal.backend.
   return ConfigDict(dict(
-      data="",  # JSONL {"prompt", "label": "safe"|"unsafe", "type"?}; "" = our prompt set
-      limit=-1,  # first N prompts; -1 = all
+      data="",  # JSONL {"id"?, "prompt", "label": "safe"|"unsafe", "type"?}; "" = our prompt set
+      limit=-1,  # first N prompts; -1 = all (our file interleaves types, so any N mixes them)
       models="",  # comma-separated further model sources, run on the same prompts (McNemar); "" = none
-      max_new_tokens=64,
+      max_new_tokens=64,  # per answer (replaces sampler.max_new_tokens here)
   ))
 
 
@@ -288,7 +289,7 @@ def _harmless() -> ConfigDict:
       policy="",  # model whose answers are scored; "" = <workdir>/sft/hf if present, else config.model
       baseline="",  # model whose answers it is compared with; "" = config.model
       prompts="red_team",  # prompt spec (data/prompts.py) of the scored prompts
-      n_prompts=-1,
+      n_prompts=-1,  # first N prompts; -1 = all
       max_new_tokens=64,
   ))
 
@@ -530,6 +531,54 @@ def _validate_rm(c: ConfigDict) -> None:
   if c.batch_size < 1 or c.num_steps < 0 or c.max_len < 8:
     raise ValueError("rm.batch_size/num_steps/max_len: expected >= 1 / >= 0 / >= 8")
   validate_optim(c.optim, "rm.optim")
+
+
+@validator("harmless")
+def _validate_harmless(c: ConfigDict) -> None:
+  if not 0.0 < c.eval_fraction < 1.0:
+    raise ValueError(f"harmless.eval_fraction: expected in (0, 1), got {c.eval_fraction}")
+  if c.batch_size < 1 or c.num_steps < 0 or c.max_len < 8:
+    raise ValueError("harmless.batch_size/num_steps/max_len: expected >= 1 / >= 0 / >= 8, got "
+                     f"{c.batch_size} / {c.num_steps} / {c.max_len}")
+  for field in ("n_pairs", "n_prompts"):
+    if c[field] == 0 or c[field] < -1:
+      raise ValueError(f"harmless.{field}: expected -1 (all) or a positive count, got {c[field]}")
+  for field in ("max_new_tokens", "keep"):
+    if c[field] < 1:
+      raise ValueError(f"harmless.{field}: must be >= 1, got {c[field]}")
+  for field in ("eval_every", "checkpoint_every"):
+    if c[field] < 0:
+      raise ValueError(f"harmless.{field}: must be >= 0 (0 = off), got {c[field]}")
+  validate_optim(c.optim, "harmless.optim")
+
+
+@validator("drift")
+def _validate_drift(c: ConfigDict) -> None:
+  if c.k < 1:
+    raise ValueError(f"drift.k: must be >= 1 (response positions compared), got {c.k}")
+  if c.n_prompts == 0 or c.n_prompts < -1:
+    raise ValueError(f"drift.n_prompts: must be -1 (all) or positive, got {c.n_prompts}")
+  if not c.prompts:
+    raise ValueError("drift.prompts: empty; expected a prompt set name (red_team) or a JSONL path")
+  if not c.refusal_opening.strip():
+    raise ValueError("drift.refusal_opening: empty; its log-probability is part of the summary")
+
+
+@validator("safety")
+def _validate_safety(c: ConfigDict) -> None:
+  if c.limit == 0 or c.limit < -1:
+    raise ValueError(f"safety.limit: must be -1 (all) or positive, got {c.limit}")
+  if c.max_new_tokens < 1:
+    raise ValueError(f"safety.max_new_tokens: must be >= 1, got {c.max_new_tokens}")
+  if any(not m.strip() for m in c.models.split(",")) and c.models.strip():
+    raise ValueError(f"safety.models: {c.models!r} has an empty entry; expected e.g. 'PATH1,PATH2'")
+
+
+@validator("refusal")
+def _validate_refusal(c: ConfigDict) -> None:
+  if c.backend not in ("rules", "judge"):
+    raise ValueError(f"refusal.backend: {c.backend!r}; expected rules (phrase detector) or "
+                     "judge (config.model scoring the class letters)")
 
 
 def validate(config: ConfigDict) -> ConfigDict:

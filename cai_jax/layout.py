@@ -5,7 +5,9 @@ owns one folder in it. This docstring is the documented tree (the pipeline test
 checks a real run against `RunLayout.expected_tree()`):
 
   <workdir>/
+    harmless_rm/{checkpoints,metrics.jsonl,tb,summary.json,model}/   stage harmless-rm: the evaluator
     sl_data/sl_cai.jsonl                 stage sl-data: prompts, answers, critiques, revisions
+    sl_data/summary.json                 refusal classes and harmlessness per revision round
     sft/checkpoints/<step>/              stage sft: orbax TrainStates (resume by rerunning)
     sft/metrics.jsonl  sft/tb/           per-step metrics (JSONL + TensorBoard)
     sft/summary.json  sft/hf/            summary; the fine-tuned policy as HF safetensors
@@ -13,7 +15,11 @@ checks a real run against `RunLayout.expected_tree()`):
     rm/checkpoints/  rm/metrics.jsonl  rm/tb/  rm/summary.json
     rm/model/                            the trained reward model (models/reward.py)
     ppo/checkpoints/  ppo/metrics.jsonl  ppo/tb/  ppo/summary.json  ppo/curves.png
-    eval/hhh.json  eval/hhh.png          stage eval-hhh
+    ppo/hf/                              the PPO-trained policy as HF safetensors
+    eval/hhh.json  eval/hhh.png          stage eval-hhh (eval-refusal: eval/refusal_<backend>.json)
+    safety/safety.json  safety/frontier.png  safety/answers_<i>_<model>.jsonl    stage eval-safety
+    harmless/harmless.json  harmless/answers.jsonl  harmless/harmless.png   stage eval-harmless
+    drift/drift.json  drift/kl_by_position.png                              stage eval-drift
     plots/<stage>.png  report.md  summary.json     stage pipeline: the report
 
 The rule for which model a stage starts from lives here too (`start_model`):
@@ -60,6 +66,11 @@ class RunLayout:
     return self.stage_dir("sft") / "hf"
 
   @property
+  def ppo_export(self) -> pathlib.Path:
+    """The PPO-trained policy as HF safetensors (stage ppo's output)."""
+    return self.stage_dir("ppo") / "hf"
+
+  @property
   def feedback(self) -> pathlib.Path:
     """AI preference labels (stage feedback's output, stage rm's input)."""
     return self.stage_dir("feedback") / "feedback.jsonl"
@@ -68,6 +79,11 @@ class RunLayout:
   def reward_model(self) -> pathlib.Path:
     """The trained reward model (stage rm's output; ppo's and eval-hhh's input)."""
     return self.stage_dir("rm") / "model"
+
+  @property
+  def harmless_model(self) -> pathlib.Path:
+    """The evaluator reward model for the harmlessness score (stage harmless-rm's output)."""
+    return self.stage_dir("harmless-rm") / "model"
 
   def checkpoints(self, stage: str) -> pathlib.Path:
     return self.stage_dir(stage) / "checkpoints"
@@ -90,6 +106,12 @@ class RunLayout:
   def plots(self) -> pathlib.Path:
     return self.root / "plots"
 
+  def figures(self) -> list[pathlib.Path]:
+    """The evaluation stages' figures, for the report (whether or not they exist)."""
+    return [self.stage_dir("eval-hhh") / "hhh.png", self.stage_dir("eval-safety") / "frontier.png",
+            self.stage_dir("eval-harmless") / "harmless.png",
+            self.stage_dir("eval-drift") / "kl_by_position.png"]
+
   def metrics_files(self) -> list[pathlib.Path]:
     """The training stages' metrics.jsonl files that exist, in pipeline order."""
     return [self.metrics(s) for s in TRAINING_STAGES if self.metrics(s).is_file()]
@@ -108,15 +130,20 @@ class RunLayout:
   @staticmethod
   def expected_tree(stages) -> dict[str, set[str]]:
     """Folder (relative to the workdir, "" = top) -> the entries a run of `stages` leaves
-    there (names of files, and of folders with a trailing "/")."""
+    there: names of files, of folders with a trailing "/", and fnmatch patterns for the
+    per-model files (answers_*.jsonl)."""
     train = {"checkpoints/", "metrics.jsonl", "tb/", "summary.json"}
     per_stage = {
-        "sl-data": {"sl_data": {"sl_cai.jsonl"}},
+        "harmless-rm": {"harmless_rm": train | {"model/"}},
+        "sl-data": {"sl_data": {"sl_cai.jsonl", "summary.json"}},
         "sft": {"sft": train | {"hf/"}},
         "feedback": {"feedback": {"feedback.jsonl"}},
         "rm": {"rm": train | {"model/"}},
-        "ppo": {"ppo": train | {"curves.png"}},
+        "ppo": {"ppo": train | {"curves.png", "hf/"}},
         "eval-hhh": {"eval": {"hhh.json", "hhh.png"}},
+        "eval-safety": {"safety": {"safety.json", "frontier.png", "answers_*.jsonl"}},
+        "eval-harmless": {"harmless": {"harmless.json", "answers.jsonl", "harmless.png"}},
+        "eval-drift": {"drift": {"drift.json", "kl_by_position.png"}},
     }
     tree: dict[str, set[str]] = {"": {"report.md", "summary.json"}}
     for stage in stages:

@@ -85,6 +85,19 @@ def flatten(summary: Mapping, prefix: str = "") -> dict[str, object]:
   return flat
 
 
+def _is_table(value) -> bool:
+  """A non-empty list of dicts (e.g. one row per revision round) renders as its own table."""
+  return isinstance(value, list) and bool(value) and all(isinstance(r, Mapping) for r in value)
+
+
+def table_lines(rows: Sequence[Mapping]) -> list[str]:
+  """A markdown table with the union of the rows' keys as columns (first-seen order)."""
+  columns = list(dict.fromkeys(k for r in rows for k in r))
+  lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+  lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+  return lines
+
+
 def write_report(layout: RunLayout, summaries: Mapping[str, Mapping],
                  title: str = "cai_jax run report", notes: Sequence[str] = ()) -> pathlib.Path:
   """Writes plots + report.md (+ summary.json) of a run; returns report.md's path."""
@@ -104,9 +117,14 @@ def write_report(layout: RunLayout, summaries: Mapping[str, Mapping],
   if notes:
     lines.append("")
   for stage, summary in summaries.items():
+    flat = flatten(summary)
     lines += [f"## {stage}", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {_fmt(v)} |" for k, v in flatten(summary).items()]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in flat.items() if not _is_table(v)]
     lines.append("")
+    for k, v in flat.items():
+      if _is_table(v):
+        lines += [f"**{stage}: {k}**", ""] + table_lines(v) + [""]
+  plots += [p for p in layout.figures() if p.is_file()]
   if plots:
     lines += ["## Plots", ""]
     lines += [f"![{p.stem}]({p.relative_to(workdir)})" for p in plots]

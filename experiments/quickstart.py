@@ -3,10 +3,14 @@
   python -m cai_jax pipeline --config experiments/quickstart.py
   python -m cai_jax pipeline --config experiments/quickstart.py:tiny   # random tiny model, ~1 min
 
-sl-data (critique -> revision on our red-team prompts) -> sft -> feedback (AI
-preference labels from (A)/(B) log-probs) -> rm (Bradley-Terry) -> ppo (KL to
-the SFT policy) -> eval-hhh (a slice of the paper's 438 HHH comparisons, when
-../shared/data is present) -> report (<workdir>/report.md + plots/).
+harmless-rm (a small harmlessness evaluator on human hh-rlhf pairs) -> sl-data
+(critique -> revision on our red-team prompts, refusal classes and harmlessness
+per round) -> sft -> feedback (AI preference labels from (A)/(B) log-probs) ->
+rm (Bradley-Terry) -> ppo (KL to the SFT policy) -> eval-hhh (a slice of the
+paper's 438 HHH comparisons) -> eval-safety (over-refusal vs unsafe compliance,
+base vs SFT vs PPO) -> eval-harmless -> eval-drift -> report (<workdir>/report.md
++ plots/). The stages that read ../shared/data (harmless-rm, eval-harmless,
+eval-hhh) run only where it is present; the report lists the stages that ran.
 
 Every number is tiny on purpose (a few prompts, a few steps): this run shows the
 machinery end to end, it does not reproduce the paper. Scale up with overrides,
@@ -19,7 +23,9 @@ from cai_jax.config import ConfigDict, experiment_config, use_tiny_model
 
 VARIANTS = ("", "tiny")
 
-HHH = pathlib.Path(__file__).resolve().parents[1].parent / "shared/data/cai_paper/evals/438HHHEvaluations.jsonl"
+SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared/data"
+HHH = SHARED / "cai_paper/evals/438HHHEvaluations.jsonl"
+HH_HARMLESS = SHARED / "hh_rlhf/harmless-base-test.jsonl.gz"
 
 
 @experiment_config(VARIANTS)
@@ -56,7 +62,24 @@ def get_config(config: ConfigDict, variant: str) -> ConfigDict:
 
   config.eval.hhh = str(HHH)
   config.eval.limit = 24
-  config.pipeline.stages = "" if HHH.exists() else "sl-data,sft,feedback,rm,ppo"
+
+  # The measurements: a small evaluator on human harmlessness pairs, then base vs SFT vs PPO
+  # on a slice of our over-refusal / unsafe-compliance prompts and on red-team prompts.
+  c = config.harmless
+  c.data = str(HH_HARMLESS)
+  c.n_pairs, c.num_steps, c.batch_size, c.max_len = 400, 16, 4, 128
+  c.eval_fraction, c.eval_every, c.checkpoint_every = 0.2, 8, 8
+  c.n_prompts, c.max_new_tokens = 16, 48
+  config.safety.limit, config.safety.max_new_tokens = 48, 48
+  config.drift.n_prompts = 16
+  # Stages that read ../shared/data run only where it is (the README says so).
+  stages = ["harmless-rm", "sl-data", "sft", "feedback", "rm", "ppo", "eval-hhh", "eval-safety",
+            "eval-harmless", "eval-drift"]
+  if not HH_HARMLESS.exists():
+    stages = [s for s in stages if s not in ("harmless-rm", "eval-harmless")]
+  if not HHH.exists():
+    stages.remove("eval-hhh")
+  config.pipeline.stages = ",".join(stages)
 
   if variant == "tiny":
     config.workdir = "runs/quickstart_tiny"
@@ -69,4 +92,8 @@ def get_config(config: ConfigDict, variant: str) -> ConfigDict:
     config.rm.max_len = 512
     config.ppo.max_new_tokens = 8
     config.eval.limit = 4
+    config.harmless.num_steps, config.harmless.max_len, config.harmless.n_prompts = 2, 256, 2
+    config.harmless.max_new_tokens = 8
+    config.safety.limit, config.safety.max_new_tokens = 8, 8
+    config.drift.n_prompts, config.drift.k = 4, 3
   return config

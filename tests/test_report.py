@@ -36,3 +36,12 @@ def test_malformed_metrics_line_names_file_and_line(tmp_path):
   (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{oops\n')
   with pytest.raises(ValueError, match=r"metrics.jsonl:2: not valid JSON"):
     report.read_jsonl(tmp_path / "metrics.jsonl")
+
+
+def test_a_list_of_rows_renders_as_its_own_table(tmp_path):
+  rows = [{"round": 0, "n": 3, "refusal_rate": 0.25}, {"round": 1, "n": 3, "refusal_rate": 0.5}]
+  out = report.write_report(RunLayout(tmp_path), {"sl-data": {"written": 3, "quality": {"red_team": rows}}})
+  text = out.read_text()
+  assert "| written | 3 |" in text and "quality.red_team | [" not in text
+  assert "**sl-data: quality.red_team**" in text
+  assert "| round | n | refusal_rate |" in text and "| 1 | 3 | 0.5 |" in text

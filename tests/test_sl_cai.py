@@ -177,5 +177,6 @@ def test_stages_run_from_a_config(tmp_path, capsys):
   config.sl_data.n_rounds = 2  # a different recipe must not mix into the same file
   with pytest.raises(ValueError, match="config fingerprint"):
     sl_data.run(config)
+  capsys.readouterr()
   out = generate.run(config)
   assert capsys.readouterr().out.strip() == out["answer"]

@@ -29,8 +29,11 @@ STAGES: dict[str, str] = {
     "pipeline": "pipeline",
 }
 
-# The CAI recipe, in the order the pipeline runs it.
-PIPELINE_ORDER = ("sl-data", "sft", "feedback", "rm", "ppo", "eval-hhh")
+# The CAI recipe and its measurements, in the order the pipeline runs them. The
+# harmlessness evaluator is trained first (from the base model, on human pairs) so that
+# sl-data can score its revision rounds with it.
+PIPELINE_ORDER = ("harmless-rm", "sl-data", "sft", "feedback", "rm", "ppo", "eval-hhh",
+                  "eval-safety", "eval-harmless", "eval-drift")
 
 
 def get(name: str) -> Callable:

@@ -46,6 +46,13 @@ def sampler_settings(config, **overrides) -> SamplerSettings:
   return SamplerSettings(**{**config.sampler.to_dict(), **overrides})
 
 
+def judge_settings(config) -> SamplerSettings:
+  """Sampler settings for config.model reading a long multiple-choice prompt (eval-hhh, the
+  refusal judge): eval.batch_size rows, at least eval.max_prompt_len prompt tokens."""
+  return sampler_settings(config, batch_size=config.eval.batch_size,
+                          max_prompt_len=max(config.sampler.max_prompt_len, config.eval.max_prompt_len))
+
+
 def repo_path(path: str) -> str:
   """A path as given if it exists, else relative to the repository (constitutions/...)."""
   if not path or path.startswith("paper:") or pathlib.Path(path).exists():

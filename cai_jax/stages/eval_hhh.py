@@ -40,10 +40,7 @@ def run(config) -> dict:
   mesh = common.eval_mesh(config)
   loaded = common.load(config, mesh, rules="sample")
   common.say_start_model("eval-hhh (judge)", loaded.source, "config.model")
-  sampler = TextSampler(loaded, common.sampler_settings(
-      config, batch_size=e.batch_size,
-      max_prompt_len=max(config.sampler.max_prompt_len, e.max_prompt_len)), mesh=mesh,
-      seed=config.seed)
+  sampler = TextSampler(loaded, common.judge_settings(config), mesh=mesh, seed=config.seed)
   logprob_fn = sampler.logprobs if e.judge else None
   reasoning = None
   if e.judge and e.cot:

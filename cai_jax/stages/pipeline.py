@@ -1,6 +1,7 @@
 """Stage `pipeline`: the whole CAI recipe end to end, then a report.
 
-  sl-data -> sft -> feedback -> rm -> ppo -> eval-hhh -> report
+  harmless-rm -> sl-data -> sft -> feedback -> rm -> ppo
+    -> eval-hhh -> eval-safety -> eval-harmless -> eval-drift -> report
 
 All stages share the one workdir; each writes its own folder of the run layout
 (layout.py) and reads the previous stages' files from there, exactly as if it
@@ -34,6 +35,21 @@ def selected(spec: str) -> list[str]:
   return [s for s in registry.PIPELINE_ORDER if s in names]
 
 
+def with_run_inputs(config, name: str, names: list[str], layout):
+  """The evaluation stages measure what this run trained, unless the config says otherwise:
+  eval-hhh also scores the reward model; eval-safety and eval-harmless compare the base
+  model with the SFT and PPO policies."""
+  trained = ",".join(str(p) for stage, p in (("sft", layout.sft_export), ("ppo", layout.ppo_export))
+                     if stage in names)
+  if name == "eval-hhh" and not config.eval.reward_model and "rm" in names:
+    config.eval.reward_model = str(layout.reward_model)
+  elif name == "eval-safety" and not config.safety.models and trained:
+    config.safety.models = trained
+  elif name == "eval-harmless" and not config.harmless.policy and trained:
+    config.harmless.policy = trained
+  return config
+
+
 def _peak_rss_gb() -> float:
   """This process's peak resident memory (ru_maxrss: KiB on Linux, bytes on macOS)."""
   peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -55,10 +71,7 @@ def run(config) -> dict:
   start = time.time()
   for i, name in enumerate(names, 1):
     log.info("pipeline: [%d/%d] %s -> %s", i, len(names), name, layout.stage_dir(name))
-    stage_config = copy.deepcopy(config)
-    if name == "eval-hhh" and not config.eval.reward_model and "rm" in names:
-      with stage_config.unlocked():
-        stage_config.eval.reward_model = str(layout.reward_model)  # score this run's RM too
+    stage_config = with_run_inputs(copy.deepcopy(config), name, names, layout)
     t0 = time.time()
     summaries[name] = _jsonable(registry.get(name)(stage_config))
     timings[name] = round(time.time() - t0, 1)

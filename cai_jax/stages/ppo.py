@@ -6,7 +6,8 @@ Reads the policy (ppo.policy; default this workdir's SFT export if present,
 else config.model), the reward model (ppo.reward_model; default this workdir's
 rm/model) and prompt sets (ppo.prompts). Writes <workdir>/ppo/ (checkpoints/
 with the KL controller and reward statistics in `extra`, metrics.jsonl, tb/,
-curves.png, summary.json). A rerun resumes and continues bit-identically.
+curves.png, summary.json, hf/: the trained policy as HF safetensors). A rerun
+resumes and continues bit-identically.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pathlib
 import jax
 import jax.numpy as jnp
 
-from cai_jax import report
+from cai_jax import report, weights
 from cai_jax.data.prompts import load_prompts
 from cai_jax.models.reward import load_reward_model, reward_scores
 from cai_jax.sampling import TextSampler
@@ -56,6 +57,11 @@ def reward_fn(config, mesh, tokenizer):
 
 def build(config, mesh=None):
   """Everything a PPO run needs: (state, shardings, PPOIteration)."""
+  return build_with_model(config, mesh)[:3]
+
+
+def build_with_model(config, mesh=None):
+  """(state, shardings, PPOIteration, the starting policy's LoadedModel)."""
   c = config.ppo
   mesh = mesh or common.mesh(config)
   source, why = common.layout(config).start_model(c.policy, config.model.source)
@@ -83,14 +89,14 @@ def build(config, mesh=None):
       reward_fn=reward_fn(config, mesh, tok), ref_params=ref_params,
       host=ppo.HostState(kl_coef=float(c.kl_coef)), stop_ids=tok.stop_ids, pad_id=tok.pad_id,
       seed=config.seed)
-  return state, shardings, iteration
+  return state, shardings, iteration, loaded
 
 
 def run(config) -> dict:
   c, layout = config.ppo, common.layout(config)
   workdir = layout.stage_dir("ppo")
   workdir.mkdir(parents=True, exist_ok=True)
-  state, shardings, iteration = build(config)
+  state, shardings, iteration, loaded = build_with_model(config)
   checkpointer = checkpoint.Checkpointer(layout.checkpoints("ppo"), keep=c.keep)
   state, extra = loop.restore_or_keep(checkpointer, state, shardings)
   if extra is not None:
@@ -105,9 +111,13 @@ def run(config) -> dict:
                         data_state_fn=lambda: {"ppo": iteration.host.to_json()},
                         save_every=c.checkpoint_every, stage="ppo", log_every=1)
   checkpointer.close()
+  # The trained policy as HF safetensors, loadable as model.source (evaluations compare it).
+  weights.export_hf(layout.ppo_export, loaded.cfg, jax.device_get(state.params["policy"]),
+                    loaded.tokenizer)
   records = [r for r in report.read_jsonl(layout.metrics("ppo")) if r.get("stage") == "ppo"]
   png = report.plot_stage(records, "ppo", workdir / "curves.png", keys=CURVES)
   last = records[-1] if records else {}
   summary = {"steps": int(state.step), "curves": str(png) if png else None,
+             "export_hf": str(layout.ppo_export),
              **{k: last.get(k) for k in ("reward_mean", "kl", "kl_coef", "entropy")}}
   return common.finish("ppo", summary, layout.summary("ppo"))

@@ -44,5 +44,50 @@ def run(config) -> dict:
                              "constitution": [dataclasses.asdict(p) for p in constitution.principles],
                              "few_shot": [dataclasses.asdict(e) for e in constitution.few_shot]})
   sampler = TextSampler(model, sampler_settings, mesh=mesh, seed=config.seed)
-  out = common.layout(config).sl_data
-  return revision.generate_sl_data(sampler, constitution, red, helpful, out, settings, fp=fp)
+  layout = common.layout(config)
+  summary = revision.generate_sl_data(sampler, constitution, red, helpful, layout.sl_data, settings,
+                                      fp=fp)
+  summary["quality"] = quality(config, layout, sampler, mesh)
+  return common.finish("sl-data", summary, layout.stage_dir("sl-data") / "summary.json")
+
+
+def quality(config, layout, sampler: TextSampler, mesh) -> dict:
+  """Refusal classes (and harmlessness, when an evaluator is there) per revision round."""
+  from cai_jax.data.jsonl import iter_jsonl
+  from cai_jax.evals import refusal, sl_quality
+
+  records = [r for _, r in iter_jsonl(layout.sl_data)]
+  backend = config.refusal.backend
+  judge = (TextSampler(sampler.model, common.judge_settings(config), mesh=mesh, seed=config.seed)
+           if backend == "judge" else None)
+  classify = lambda prompts, answers: refusal.classify(  # noqa: E731
+      prompts, answers, backend=backend, judge=judge)
+  score_fn, evaluator = harmlessness_scorer(config, layout, sampler, mesh)
+  table = sl_quality.round_table(records, classify, score_fn)
+  for kind, rows in table.items():
+    for row in rows:
+      common.log.info("sl-data quality %s round %d: n %d, refusal %.2f [%.2f, %.2f]%s", kind,
+                      row["round"], row["n"], row["refusal_rate"], *row["refusal_ci95"],
+                      f", harmless {row['harmless']:.3f}" if "harmless" in row else "")
+  return {"classifier": backend, "evaluator": evaluator, **table}
+
+
+def harmlessness_scorer(config, layout, sampler: TextSampler, mesh):
+  """(score_fn(prompts, answers) -> scores, evaluator dir) from the harmlessness evaluator
+  (harmless.model, else this workdir's harmless_rm/model); (None, None) when there is none."""
+  import pathlib
+
+  from cai_jax.evals import harmlessness
+  from cai_jax.models.reward import load_reward_model
+
+  where = pathlib.Path(config.harmless.model) if config.harmless.model else layout.harmless_model
+  if not where.is_dir():
+    common.log.info("sl-data quality: no harmlessness evaluator at %s (stage harmless-rm); "
+                    "refusal classes only", where)
+    return None, None
+  graphdef, params = load_reward_model(where, mesh)
+  model = sampler.model
+  reward = harmlessness.reward_fn_from_model(graphdef, params, model.tokenizer, model.chat,
+                                             max_len=config.harmless.max_len,
+                                             batch_size=config.harmless.batch_size, mesh=mesh)
+  return (lambda prompts, answers: harmlessness.score_answers(reward, prompts, answers)), str(where)
