@@ -158,6 +158,11 @@ def _ppo() -> ConfigDict:
       kl_horizon=10_000,  # adaptive: samples over which beta may change by ~e^(+-0.2)
       kl_in="reward",  # reward (per-token penalty folded into the rewards) | loss (kl_penalty loss)
       kl_estimator="k3",  # kl_in="loss": k1 | k2 | k3
+      # Registry losses (losses/__init__.py, or a config.loss_modules file) summed by each step.
+      # The advantage estimator is GAE (train/gae.py) and not chosen by name: it has no rival yet.
+      policy_loss="ppo_clip",
+      value_loss="value_clip",
+      kl_term="kl_penalty",  # added when kl_in="loss"
       reward_norm="none",  # none | batch (whiten scores per rollout) | running (running mean/std)
       reward_clip=0.0,  # clip normalised scores to +-x; 0 = off
       # Small and constant: the paper uses 0.01x the pre-training rate. Plain Adam (no decay).
@@ -222,6 +227,32 @@ def _rm() -> ConfigDict:
       keep=3,
       seed=0,
       optim=optim_section(lr=1e-5, warmup_steps=10, weight_decay=0.0, grad_clip=1.0),
+  ))
+
+
+def _dpo() -> ConfigDict:
+  # Stage `dpo` (stages/dpo.py -> train/dpo.py): the policy trained directly on preference pairs
+  # (losses/preference.py), in place of rm + ppo. Writes <workdir>/dpo/ (the policy in dpo/hf/).
+  return ConfigDict(dict(
+      policy="",  # weights path; "" = <workdir>/sft/hf if present, else config.model
+      reference="",  # frozen reference weights; "" = the starting policy
+      data="",  # preference JSONL; "" = this workdir's feedback/feedback.jsonl; "none" = no AI pairs
+      human_data="",  # hh-rlhf JSONL(.gz) of {"chosen", "rejected"}; "" = none
+      n_human=-1,  # cap on human comparisons read; -1 = all
+      loss="dpo",  # dpo | ipo | soft_dpo (uses the AI label's probability) | robust_dpo
+      beta=0.1,  # implicit reward scale (dpo, soft_dpo, robust_dpo; reported for ipo)
+      tau=0.1,  # ipo: margin target 1 / (2 tau)
+      label_noise=0.1,  # robust_dpo: assumed rate of flipped labels, in [0, 0.5)
+      max_len=512,  # tokens per (prompt + answer); the answer keeps its start, the prompt its end
+      batch_size=8,  # pairs per step
+      num_steps=200,
+      eval_fraction=0.1,  # held-out share of the pairs (implicit reward accuracy); 0 = none
+      eval_every=50,
+      checkpoint_every=50,
+      keep=3,
+      log_every=10,
+      seed=0,
+      optim=optim_section(lr=1e-6, warmup_steps=10),
   ))
 
 
@@ -318,6 +349,9 @@ def base_config() -> ConfigDict:
   config = ConfigDict()
   config.workdir = "runs/default"
   config.seed = 0
+  # Comma-separated module paths or .py files imported before any loss is looked up, so a
+  # loss registered there with @register_loss can be named in sft.loss, ppo.policy_loss, ...
+  config.loss_modules = ""
   config.model = _model()
   config.mesh = _mesh()
   config.distributed = _distributed()
@@ -329,6 +363,7 @@ def base_config() -> ConfigDict:
   config.eval = _eval()
   config.feedback = _feedback()
   config.rm = _rm()
+  config.dpo = _dpo()
   config.sft = _sft()
   config.refusal = _refusal()
   config.safety = _safety()
@@ -533,6 +568,28 @@ def _validate_rm(c: ConfigDict) -> None:
   validate_optim(c.optim, "rm.optim")
 
 
+@validator("dpo")
+def _validate_dpo(c: ConfigDict) -> None:
+  for field in ("beta", "tau"):
+    if c[field] <= 0:
+      raise ValueError(f"dpo.{field}: must be positive, got {c[field]}")
+  if not 0.0 <= c.label_noise < 0.5:
+    raise ValueError(f"dpo.label_noise: expected in [0, 0.5), got {c.label_noise}")
+  if not 0.0 <= c.eval_fraction < 1.0:
+    raise ValueError(f"dpo.eval_fraction: expected in [0, 1), got {c.eval_fraction}")
+  if c.batch_size < 1 or c.num_steps < 0 or c.max_len < 8 or c.keep < 1:
+    raise ValueError("dpo.batch_size/num_steps/max_len/keep: expected >= 1 / >= 0 / >= 8 / >= 1, "
+                     f"got {c.batch_size} / {c.num_steps} / {c.max_len} / {c.keep}")
+  for field in ("eval_every", "checkpoint_every", "log_every"):
+    if c[field] < 0:
+      raise ValueError(f"dpo.{field}: must be >= 0 (0 = off), got {c[field]}")
+  if c.n_human == 0 or c.n_human < -1:
+    raise ValueError(f"dpo.n_human: expected -1 (all) or a positive count, got {c.n_human}")
+  if c.data == "none" and not c.human_data:
+    raise ValueError("dpo.data: 'none' and no dpo.human_data leaves no preference pairs")
+  validate_optim(c.optim, "dpo.optim")
+
+
 @validator("harmless")
 def _validate_harmless(c: ConfigDict) -> None:
   if not 0.0 < c.eval_fraction < 1.0:
@@ -586,7 +643,25 @@ def validate(config: ConfigDict) -> ConfigDict:
   for section, fn in _VALIDATORS.items():
     if section in config:
       fn(config[section])
+  _validate_loss_names(config)
   return config
+
+
+# Fields that name a registry loss (checked after config.loss_modules is imported).
+LOSS_FIELDS = ("sft.loss", "rm.loss", "dpo.loss", "ppo.policy_loss", "ppo.value_loss",
+               "ppo.kl_term")
+
+
+def _validate_loss_names(config: ConfigDict) -> None:
+  """Imports config.loss_modules, then checks that every LOSS_FIELDS name is registered."""
+  from cai_jax import losses
+  if "loss_modules" in config:
+    losses.import_loss_modules(config.loss_modules)
+  known = losses.registered_losses()
+  for field in LOSS_FIELDS:
+    name = get_field(config, field)
+    if name is not None and name not in known:
+      raise ValueError(losses.unknown_loss_message(name, field))
 
 
 def get_field(config: ConfigDict, dotted: str):

@@ -16,6 +16,8 @@ checks a real run against `RunLayout.expected_tree()`):
     rm/model/                            the trained reward model (models/reward.py)
     ppo/checkpoints/  ppo/metrics.jsonl  ppo/tb/  ppo/summary.json  ppo/curves.png
     ppo/hf/                              the PPO-trained policy as HF safetensors
+    dpo/checkpoints/  dpo/metrics.jsonl  dpo/tb/  dpo/summary.json  dpo/curves.png   stage dpo
+    dpo/reference_logprobs.npz  dpo/hf/  the reference's answer log-probs (once); the DPO policy
     eval/hhh.json  eval/hhh.png          stage eval-hhh (eval-refusal: eval/refusal_<backend>.json)
     safety/safety.json  safety/frontier.png  safety/answers_<i>_<model>.jsonl    stage eval-safety
     harmless/harmless.json  harmless/answers.jsonl  harmless/harmless.png   stage eval-harmless
@@ -36,8 +38,8 @@ import pathlib
 STAGE_DIRS = {"sl-data": "sl_data", "sft": "sft", "feedback": "feedback", "rm": "rm",
               "ppo": "ppo", "eval-hhh": "eval", "eval-mc": "eval", "eval-refusal": "eval",
               "eval-safety": "safety", "harmless-rm": "harmless_rm", "eval-harmless": "harmless",
-              "eval-drift": "drift"}
-TRAINING_STAGES = ("sft", "rm", "ppo")  # the ones that write metrics.jsonl through the loop
+              "eval-drift": "drift", "dpo": "dpo"}
+TRAINING_STAGES = ("sft", "rm", "ppo", "dpo")  # the ones that write metrics.jsonl through the loop
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +71,11 @@ class RunLayout:
   def ppo_export(self) -> pathlib.Path:
     """The PPO-trained policy as HF safetensors (stage ppo's output)."""
     return self.stage_dir("ppo") / "hf"
+
+  @property
+  def dpo_export(self) -> pathlib.Path:
+    """The DPO-trained policy as HF safetensors (stage dpo's output)."""
+    return self.stage_dir("dpo") / "hf"
 
   @property
   def feedback(self) -> pathlib.Path:
@@ -140,6 +147,7 @@ class RunLayout:
         "feedback": {"feedback": {"feedback.jsonl"}},
         "rm": {"rm": train | {"model/"}},
         "ppo": {"ppo": train | {"curves.png", "hf/"}},
+        "dpo": {"dpo": train | {"reference_logprobs.npz", "curves.png", "hf/"}},
         "eval-hhh": {"eval": {"hhh.json", "hhh.png"}},
         "eval-safety": {"safety": {"safety.json", "frontier.png", "answers_*.jsonl"}},
         "eval-harmless": {"harmless": {"harmless.json", "answers.jsonl", "harmless.png"}},

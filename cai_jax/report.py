@@ -20,6 +20,7 @@ CURVES: dict[str, Sequence[str]] = {
     "sft": ("loss", "accuracy"),
     "rm": ("loss", "accuracy"),
     "ppo": ("reward_mean", "kl", "entropy", "value_loss"),
+    "dpo": ("loss", "reward_accuracy", "reward_margin"),
 }
 
 

@@ -80,10 +80,10 @@ def test_pipeline_runs_every_stage_and_writes_the_report(tmp_path):
 
 def test_unknown_stage_is_rejected(tmp_path):
   config = _tiny_config(tmp_path)
-  config.pipeline.stages = "sl-data,dpo"
+  config.pipeline.stages = "sl-data,rlhf"
   try:
     pipeline.run(config)
   except ValueError as e:
-    assert "pipeline.stages: unknown stage 'dpo'" in str(e)
+    assert "pipeline.stages: unknown stage 'rlhf'" in str(e)
   else:
     raise AssertionError("expected a ValueError")

@@ -7,11 +7,20 @@
 "logprobs" [B, T], ...); `batch` the inputs;
 `cfg` the loss's own settings (a config section or a plain dict). Configs pick
 losses by name (`get_loss("sft_ce")`). Losses of other stages are appended
-below with `@register_loss`.
+below with `@register_loss`; a user's own losses live in their own modules or
+.py files, named in `config.loss_modules` and imported by `import_loss_modules`
+before any name is looked up (as big_vision imports its preprocessing ops).
 """
 
 from __future__ import annotations
 
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import pathlib
+import re
+import sys
 from collections.abc import Callable, Mapping
 
 import flax.struct
@@ -46,8 +55,67 @@ def register_loss(name: str) -> Callable[[LossFn], LossFn]:
 def get_loss(name: str) -> LossFn:
   """The registered loss called `name`, or a KeyError listing the known ones."""
   if name not in _LOSSES:
-    raise KeyError(f"unknown loss {name!r}; registered: {sorted(_LOSSES)}")
+    raise KeyError(unknown_loss_message(name))
   return _LOSSES[name]
+
+
+def registered_losses() -> dict[str, LossFn]:
+  """A copy of the registry: name -> loss, in registration order."""
+  return dict(_LOSSES)
+
+
+def unknown_loss_message(name: str, where: str = "") -> str:
+  """"<where>: unknown loss 'x'; did you mean 'y'? registered: [...]" (the hint only when one is close)."""
+  hint = difflib.get_close_matches(name, list(_LOSSES), n=1)
+  return (f"{where + ': ' if where else ''}unknown loss {name!r}; "
+          + (f"did you mean {hint[0]!r}? " if hint else "") + f"registered: {sorted(_LOSSES)}")
+
+
+def import_loss_modules(spec: str, where: str = "config.loss_modules") -> list[str]:
+  """Imports every module of `spec` so that its `@register_loss` decorators run.
+
+  `spec` is comma-separated; each entry is a module path ("my_project.losses") or
+  a .py file. A file is loaded under a stable name derived from its resolved path
+  (`cai_jax_user_loss_<stem>_<hash>`), so importing it again, from the config check
+  and then from the stage, is a no-op rather than a second registration. Returns
+  the module names. A missing file or module is a ValueError naming `where`.
+  """
+  names = []
+  for entry in (e.strip() for e in spec.split(",") if e.strip()):
+    if entry.endswith(".py"):
+      names.append(_import_file(pathlib.Path(entry), where))
+      continue
+    try:
+      importlib.import_module(entry)
+    except ModuleNotFoundError as e:
+      # Only a module missing from the entry's own path is the config's fault; a missing
+      # dependency inside the user's module keeps its traceback.
+      if e.name is None or not (entry == e.name or entry.startswith(e.name + ".")):
+        raise
+      raise ValueError(f"{where}: no module named {entry!r} (expected an importable module path "
+                       "or a .py file)") from None
+    names.append(entry)
+  return names
+
+
+def _import_file(path: pathlib.Path, where: str) -> str:
+  if not path.is_file():
+    raise ValueError(f"{where}: no file at {str(path)!r} (expected a .py file that registers "
+                     "losses with @register_loss)")
+  resolved = path.resolve()
+  stem = re.sub(r"\W", "_", resolved.stem)
+  name = f"cai_jax_user_loss_{stem}_{hashlib.sha1(str(resolved).encode()).hexdigest()[:10]}"
+  if name in sys.modules:
+    return name
+  spec = importlib.util.spec_from_file_location(name, resolved)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[name] = module  # before exec, as `import` does (dataclasses and pickling look it up)
+  try:
+    spec.loader.exec_module(module)
+  except BaseException:
+    del sys.modules[name]
+    raise
+  return name
 
 
 def lm_logits(outputs: Mapping[str, jax.Array]) -> jax.Array:
@@ -212,3 +280,6 @@ def kl_penalty_loss(outputs, batch, cfg) -> LossOutput:
                                str(cfg.get("kl_estimator", "k3"))), mask)
   coef = batch.get("kl_coef", float(cfg.get("kl_coef", 0.0)))
   return LossOutput(total=coef * kl, metrics={"kl_loss": kl})
+
+
+from cai_jax.losses import preference  # noqa: E402,F401  registers the DPO family

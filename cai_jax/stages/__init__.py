@@ -19,6 +19,7 @@ STAGES: dict[str, str] = {
     "feedback": "feedback",
     "rm": "rm",
     "ppo": "ppo",
+    "dpo": "dpo",
     "eval-mc": "eval_mc",
     "eval-hhh": "eval_hhh",
     "eval-refusal": "eval_refusal",
@@ -32,7 +33,7 @@ STAGES: dict[str, str] = {
 # The CAI recipe and its measurements, in the order the pipeline runs them. The
 # harmlessness evaluator is trained first (from the base model, on human pairs) so that
 # sl-data can score its revision rounds with it.
-PIPELINE_ORDER = ("harmless-rm", "sl-data", "sft", "feedback", "rm", "ppo", "eval-hhh",
+PIPELINE_ORDER = ("harmless-rm", "sl-data", "sft", "feedback", "rm", "ppo", "dpo", "eval-hhh",
                   "eval-safety", "eval-harmless", "eval-drift")
 
 

@@ -1,6 +1,6 @@
 """Stage `pipeline`: the whole CAI recipe end to end, then a report.
 
-  harmless-rm -> sl-data -> sft -> feedback -> rm -> ppo
+  harmless-rm -> sl-data -> sft -> feedback -> rm -> ppo (or dpo in place of rm + ppo)
     -> eval-hhh -> eval-safety -> eval-harmless -> eval-drift -> report
 
 All stages share the one workdir; each writes its own folder of the run layout
@@ -38,8 +38,9 @@ def selected(spec: str) -> list[str]:
 def with_run_inputs(config, name: str, names: list[str], layout):
   """The evaluation stages measure what this run trained, unless the config says otherwise:
   eval-hhh also scores the reward model; eval-safety and eval-harmless compare the base
-  model with the SFT and PPO policies."""
-  trained = ",".join(str(p) for stage, p in (("sft", layout.sft_export), ("ppo", layout.ppo_export))
+  model with the SFT and PPO (or DPO) policies."""
+  trained = ",".join(str(p) for stage, p in (("sft", layout.sft_export), ("ppo", layout.ppo_export),
+                                             ("dpo", layout.dpo_export))
                      if stage in names)
   if name == "eval-hhh" and not config.eval.reward_model and "rm" in names:
     config.eval.reward_model = str(layout.reward_model)

@@ -7,7 +7,9 @@ else config.model), the reward model (ppo.reward_model; default this workdir's
 rm/model) and prompt sets (ppo.prompts). Writes <workdir>/ppo/ (checkpoints/
 with the KL controller and reward statistics in `extra`, metrics.jsonl, tb/,
 curves.png, summary.json, hf/: the trained policy as HF safetensors). A rerun
-resumes and continues bit-identically.
+resumes and continues bit-identically. The losses are ppo.policy_loss,
+ppo.value_loss and (kl_in="loss") ppo.kl_term, looked up after importing
+config.loss_modules; the summary's "losses" records them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pathlib
 import jax
 import jax.numpy as jnp
 
-from cai_jax import report, weights
+from cai_jax import losses, report, weights
 from cai_jax.data.prompts import load_prompts
 from cai_jax.models.reward import load_reward_model, reward_scores
 from cai_jax.sampling import TextSampler
@@ -55,6 +57,13 @@ def reward_fn(config, mesh, tokenizer):
                                      batch_size=c.sample_batch_size)
 
 
+def chosen_losses(config) -> dict[str, str | None]:
+  """The registry losses this run sums, by role (kl: None when the KL is in the reward)."""
+  c = config.ppo
+  return {"policy": c.policy_loss, "value": c.value_loss,
+          "kl": c.kl_term if c.kl_in == "loss" else None}
+
+
 def build(config, mesh=None):
   """Everything a PPO run needs: (state, shardings, PPOIteration)."""
   return build_with_model(config, mesh)[:3]
@@ -63,6 +72,7 @@ def build(config, mesh=None):
 def build_with_model(config, mesh=None):
   """(state, shardings, PPOIteration, the starting policy's LoadedModel)."""
   c = config.ppo
+  losses.import_loss_modules(config.loss_modules)
   mesh = mesh or common.mesh(config)
   source, why = common.layout(config).start_model(c.policy, config.model.source)
   if c.policy and not pathlib.Path(c.policy).exists():
@@ -118,6 +128,6 @@ def run(config) -> dict:
   png = report.plot_stage(records, "ppo", workdir / "curves.png", keys=CURVES)
   last = records[-1] if records else {}
   summary = {"steps": int(state.step), "curves": str(png) if png else None,
-             "export_hf": str(layout.ppo_export),
+             "export_hf": str(layout.ppo_export), "losses": chosen_losses(config),
              **{k: last.get(k) for k in ("reward_mean", "kl", "kl_coef", "entropy")}}
   return common.finish("ppo", summary, layout.summary("ppo"))

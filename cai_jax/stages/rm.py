@@ -5,11 +5,13 @@
 Reads rm.ai_data (default: this workdir's feedback/feedback.jsonl; "none" = no
 AI pairs) and rm.human_data (hh-rlhf JSONL); the trunk starts from rm.init
 (default config.model). Writes <workdir>/rm/ (checkpoints/, metrics.jsonl,
-tb/, summary.json, model/); a rerun resumes.
+tb/, summary.json, model/); a rerun resumes. The loss is rm.loss (a registry name;
+config.loss_modules is imported first), recorded in the summary.
 """
 
 from __future__ import annotations
 
+from cai_jax import losses
 from cai_jax.data import preferences as prefs
 from cai_jax.stages import common
 from cai_jax.train import reward
@@ -17,6 +19,7 @@ from cai_jax.train import reward
 
 def run(config) -> dict:
   c, layout = config.rm, common.layout(config)
+  losses.import_loss_modules(config.loss_modules)
   mesh = common.mesh(config)
   trunk = common.load(config, mesh, rules="train", source=c.init or None)
   common.say_start_model("rm (trunk)", trunk.source, "rm.init" if c.init else "config.model")
@@ -28,4 +31,5 @@ def run(config) -> dict:
       num_steps=c.num_steps, human_fraction=c.human_fraction, eval_fraction=c.eval_fraction,
       eval_every=c.eval_every, checkpoint_every=c.checkpoint_every, keep=c.keep, seed=c.seed)
   summary = reward.train_reward_model(trunk, ai, human, settings, layout.stage_dir("rm"), mesh)
+  summary["loss"] = c.loss
   return common.finish("rm", summary, layout.summary("rm"))

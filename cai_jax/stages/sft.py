@@ -6,6 +6,7 @@ Reads sft.data (default: this workdir's sl_data/sl_cai.jsonl), writes
 <workdir>/sft/ (checkpoints/, metrics.jsonl, tb/, summary.json) and, unless
 sft.export_hf == "none", the policy as HF safetensors (default <workdir>/sft/hf).
 A rerun resumes from the newest readable checkpoint, data iterator included.
+The loss is sft.loss (a registry name; config.loss_modules is imported first).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pathlib
 
 import jax
 
-from cai_jax import weights
+from cai_jax import losses, weights
 from cai_jax.data.pipeline import DataReport, read_sl_cai, tokenize_examples
 from cai_jax.stages import common
 from cai_jax.train import sft
@@ -34,6 +35,7 @@ def data_paths(spec: str, default: pathlib.Path, workdir: pathlib.Path) -> list[
 
 def run(config) -> dict:
   c, layout = config.sft, common.layout(config)
+  losses.import_loss_modules(config.loss_modules)
   mesh = common.mesh(config)
   loaded = common.load(config, mesh, rules="train")
   common.say_start_model("sft", loaded.source, "config.model")
@@ -56,6 +58,6 @@ def run(config) -> dict:
     export = pathlib.Path(c.export_hf) if c.export_hf else layout.sft_export
     weights.export_hf(export, loaded.cfg, jax.device_get(state.params), tok)
     log.info("sft: exported HF safetensors to %s", export)
-  summary.update(data=report.summary(), skipped=dict(report.skipped),
+  summary.update(loss=c.loss, data=report.summary(), skipped=dict(report.skipped),
                  export_hf=str(export) if export else None)
   return common.finish("sft", summary, layout.summary("sft"))

@@ -11,7 +11,9 @@ One PPO *iteration* (one step of the shared loop, one checkpointable unit):
      the last response token, and runs GAE (`gae.py`);
   3. update: `epochs` passes over the rollout in shuffled minibatches, each a
      pure, sharded, donated `ppo_step(state, batch) -> (state, metrics)` whose
-     losses come from the registry (ppo_clip + value_clip [+ kl_penalty]).
+     losses come from the registry by name (cfg policy_loss + value_loss
+     [+ kl_term when kl_in="loss"]; defaults ppo_clip + value_clip [+ kl_penalty]).
+     Advantages are always GAE's.
 
 Array layout: [B, L] over prompt + response + padding (L = max_prompt_len +
 max_new_tokens, fixed, so each jitted function compiles once); column t holds
@@ -144,9 +146,16 @@ def score_rollout(spec: PPOSpec, gamma: float, lam: float, whiten_advantages: bo
 # ----------------------------------------------------------------------------- update step
 
 
-def loss_names(kl_in: str) -> tuple[str, ...]:
-  """The registry losses one PPO step sums."""
-  return ("ppo_clip", "value_clip") + (("kl_penalty",) if kl_in == "loss" else ())
+def loss_names(kl_in: str, policy_loss: str = "ppo_clip", value_loss: str = "value_clip",
+               kl_term: str = "kl_penalty") -> tuple[str, ...]:
+  """The registry losses one PPO step sums: policy, value [, KL term when kl_in="loss"]."""
+  return (policy_loss, value_loss) + ((kl_term,) if kl_in == "loss" else ())
+
+
+def configured_loss_names(cfg: Mapping) -> tuple[str, ...]:
+  """loss_names of a ppo config (a mapping without the loss fields gets the defaults)."""
+  chosen = {k: cfg[k] for k in ("policy_loss", "value_loss", "kl_term") if k in cfg}
+  return loss_names(cfg["kl_in"], **chosen)
 
 
 def ppo_step(spec: PPOSpec, tx, names: Sequence[str], loss_cfg: Mapping, state, batch):
@@ -293,8 +302,10 @@ class PPOIteration:
     repl = sharding.replicated(mesh)
     self._score = jax.jit(functools.partial(score_rollout, spec, float(cfg["gamma"]),
                                             float(cfg["lam"]), bool(cfg["whiten_advantages"])))
-    names = loss_names(cfg["kl_in"])
-    self._step = jax.jit(functools.partial(ppo_step, spec, tx, names, self.cfg),
+    self.loss_names = configured_loss_names(cfg)
+    for name in self.loss_names:
+      losses_lib.get_loss(name)  # an unknown name fails here, not at the first jit trace
+    self._step = jax.jit(functools.partial(ppo_step, spec, tx, self.loss_names, self.cfg),
                          in_shardings=(state_shardings, None), out_shardings=(state_shardings, repl),
                          donate_argnums=0)
 

@@ -1,0 +1,60 @@
+"""Stage `dpo`: the policy trained directly on preference pairs, in place of rm + ppo.
+
+  python -m cai_jax dpo --config experiments/tiny.py --config.dpo.num_steps=20
+
+Reads dpo.data (default: this workdir's feedback/feedback.jsonl, the AI labels
+with their probabilities; "none" = no AI pairs) and dpo.human_data (hh-rlhf
+JSONL); the policy starts from dpo.policy (default this workdir's SFT export if
+present, else config.model) and the frozen reference is dpo.reference (default
+the starting policy). The loss is dpo.loss from the registry (dpo, ipo,
+soft_dpo, robust_dpo). Writes <workdir>/dpo/ (checkpoints/, metrics.jsonl, tb/,
+reference_logprobs.npz, curves.png, summary.json, hf/: the trained policy as HF
+safetensors); a rerun resumes bit-identically.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+
+from cai_jax import losses, report
+from cai_jax.data import preferences as prefs
+from cai_jax.stages import common
+from cai_jax.train import dpo
+
+logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every file it renames
+CURVES = ("loss", "reward_accuracy", "reward_margin", "eval/reward_accuracy")
+
+
+def read_pairs(c, layout) -> list[prefs.Pair]:
+  """AI pairs (dpo.data) and human pairs (dpo.human_data), in that order."""
+  ai_path = {"": str(layout.feedback), "none": ""}.get(c.data, c.data)
+  if ai_path and not pathlib.Path(ai_path).is_file():
+    raise FileNotFoundError(f"dpo.data: no preference file at {ai_path} (run the feedback stage, "
+                            "or set dpo.data / dpo.human_data)")
+  ai = prefs.load_preference_jsonl(ai_path) if ai_path else []
+  human = prefs.load_hh_pairs(common.repo_path(c.human_data), c.n_human, c.seed) if c.human_data else []
+  return ai + human
+
+
+def run(config) -> dict:
+  c, layout = config.dpo, common.layout(config)
+  losses.import_loss_modules(config.loss_modules)  # a user's loss named in dpo.loss
+  mesh = common.mesh(config)
+  pairs = read_pairs(c, layout)
+  source, why = layout.start_model(c.policy, config.model.source)
+  common.say_start_model("dpo (policy)", source, why)
+  policy = common.load(config, mesh, rules="train", source=source)
+  reference = (lambda: common.load(config, mesh, rules="train", source=c.reference)) if c.reference else None
+  settings = dpo.DPOSettings(
+      optim=c.optim.to_dict(), loss=c.loss, beta=c.beta, tau=c.tau, label_noise=c.label_noise,
+      max_len=c.max_len, batch_size=c.batch_size, num_steps=c.num_steps,
+      eval_fraction=c.eval_fraction, eval_every=c.eval_every, checkpoint_every=c.checkpoint_every,
+      keep=c.keep, log_every=c.log_every, seed=c.seed)
+  workdir = layout.stage_dir("dpo")
+  summary = dpo.train_dpo(policy, pairs, settings, workdir, mesh, reference=reference,
+                          reference_label=c.reference or source, export_to=layout.dpo_export)
+  records = [r for r in report.read_jsonl(layout.metrics("dpo")) if r.get("stage") == "dpo"]
+  png = report.plot_stage(records, "dpo", workdir / "curves.png", keys=CURVES)
+  summary.update(policy=source, reference=c.reference or source, curves=str(png) if png else None)
+  return common.finish("dpo", summary, layout.summary("dpo"))
