@@ -92,7 +92,9 @@ def _is_table(value) -> bool:
 
 
 def table_lines(rows: Sequence[Mapping]) -> list[str]:
-  """A markdown table with the union of the rows' keys as columns (first-seen order)."""
+  """A markdown table with the union of the rows' keys as columns (first-seen order); nested
+  dicts in a row become dotted columns (orr.rate, orr.ci95, ...)."""
+  rows = [flatten(r) for r in rows]
   columns = list(dict.fromkeys(k for r in rows for k in r))
   lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
   lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |" for r in rows]

@@ -45,3 +45,9 @@ def test_a_list_of_rows_renders_as_its_own_table(tmp_path):
   assert "| written | 3 |" in text and "quality.red_team | [" not in text
   assert "**sl-data: quality.red_team**" in text
   assert "| round | n | refusal_rate |" in text and "| 1 | 3 | 0.5 |" in text
+
+
+def test_nested_dicts_in_rows_become_dotted_columns():
+  rows = [{"model": "a", "orr": {"rate": 0.25, "ci95": [0.1, 0.5]}}]
+  assert report.table_lines(rows) == ["| model | orr.rate | orr.ci95 |", "|---|---|---|",
+                                      "| a | 0.25 | [0.1, 0.5] |"]
