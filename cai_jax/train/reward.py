@@ -27,7 +27,7 @@ from cai_jax import sharding
 from cai_jax.data import preferences as prefs
 from cai_jax.losses import get_loss
 from cai_jax.models.reward import build_reward_model, pair_rewards, save_reward_model
-from cai_jax.train.state import TrainState
+from cai_jax.train.state import TrainState, apply_gradients
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +40,7 @@ def rm_step(state: TrainState, batch: Mapping[str, jax.Array], *, graphdef: Any,
     out = loss_fn({"reward_a": ra, "reward_b": rb}, batch, loss_cfg)
     return out.total, out.metrics
 
-  (_, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  return apply_gradients(state, loss_of, tx)
 
 
 BATCH_KEYS = {"tokens_a": 2, "tokens_b": 2, "last_a": 1, "last_b": 1, "p_a": 1, "weight": 1}

@@ -19,7 +19,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -27,7 +26,7 @@ from jax.sharding import Mesh
 
 from cai_jax import sharding
 from cai_jax.losses import LossFn, get_loss
-from cai_jax.train.state import TrainState
+from cai_jax.train.state import TrainState, apply_gradients
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +57,7 @@ def sft_step(state: TrainState, batch: Mapping[str, jax.Array], *, graphdef: Any
     out = loss_fn(lm_outputs(graphdef, params, batch), batch, loss_cfg or {})
     return out.total, out.metrics
 
-  (_, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  return apply_gradients(state, loss_of, tx)
 
 
 def batch_shardings(mesh: Mesh, keys=BATCH_KEYS) -> dict[str, jax.sharding.NamedSharding]:

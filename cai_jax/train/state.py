@@ -30,6 +30,18 @@ class TrainState:
   rng: jax.Array  # typed PRNG key
 
 
+def apply_gradients(state: TrainState, loss_of, tx: optax.GradientTransformation
+                    ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer update by the gradient of `loss_of(params) -> (total, metrics)`; returns the
+  new state (step + 1) and the metrics with the gradient's global norm. Jittable; the SFT,
+  reward-model and DPO steps are this with their own loss_of."""
+  (_, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
 def make_schedule(c: Mapping, num_steps: int = 0) -> optax.Schedule:
   """Linear warmup from 0 then constant / cosine / linear decay (in optimizer updates)."""
   lr, warmup = float(c["lr"]), int(c["warmup_steps"])
