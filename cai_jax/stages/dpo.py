@@ -20,7 +20,7 @@ import pathlib
 from cai_jax import losses, report
 from cai_jax.data import preferences as prefs
 from cai_jax.stages import common
-from cai_jax.train import dpo
+from cai_jax.train import dpo, loop
 
 logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every file it renames
 CURVES = ("loss", "reward_accuracy", "reward_margin", "eval/reward_accuracy")
@@ -54,7 +54,7 @@ def run(config) -> dict:
   workdir = layout.stage_dir("dpo")
   summary = dpo.train_dpo(policy, pairs, settings, workdir, mesh, reference=reference,
                           reference_label=c.reference or source, export_to=layout.dpo_export)
-  records = [r for r in report.read_jsonl(layout.metrics("dpo")) if r.get("stage") == "dpo"]
+  records = loop.read_metrics(layout.metrics("dpo"), "dpo")
   png = report.plot_stage(records, "dpo", workdir / "curves.png", keys=CURVES)
   summary.update(policy=source, reference=c.reference or source, curves=str(png) if png else None)
   return common.finish("dpo", summary, layout.summary("dpo"))

@@ -31,7 +31,7 @@ log = logging.getLogger("cai_jax.stages")
 
 def evaluator_dir(config) -> pathlib.Path:
   """harmless.model, or this workdir's harmless_rm/model; FileNotFoundError when absent."""
-  path = pathlib.Path(config.harmless.model or common.layout(config).stage_dir("harmless-rm") / "model")
+  path = pathlib.Path(config.harmless.model or common.layout(config).harmless_model)
   if not path.is_dir():
     raise FileNotFoundError(f"harmless.model: no evaluator reward model at {path}; "
                             "run stage harmless-rm first (or set harmless.model)")

@@ -124,7 +124,7 @@ def run(config) -> dict:
   # The trained policy as HF safetensors, loadable as model.source (evaluations compare it).
   weights.export_hf(layout.ppo_export, loaded.cfg, jax.device_get(state.params["policy"]),
                     loaded.tokenizer)
-  records = [r for r in report.read_jsonl(layout.metrics("ppo")) if r.get("stage") == "ppo"]
+  records = loop.read_metrics(layout.metrics("ppo"), "ppo")
   png = report.plot_stage(records, "ppo", workdir / "curves.png", keys=CURVES)
   last = records[-1] if records else {}
   summary = {"steps": int(state.step), "curves": str(png) if png else None,

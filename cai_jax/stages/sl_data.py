@@ -62,7 +62,7 @@ def quality(config, layout, sampler: TextSampler, mesh) -> dict:
            if backend == "judge" else None)
   classify = lambda prompts, answers: refusal.classify(  # noqa: E731
       prompts, answers, backend=backend, judge=judge)
-  score_fn, evaluator = harmlessness_scorer(config, layout, sampler, mesh)
+  score_fn, evaluator = harmlessness_scorer(config, sampler, mesh)
   table = sl_quality.round_table(records, classify, score_fn)
   for kind, rows in table.items():
     for row in rows:
@@ -72,22 +72,16 @@ def quality(config, layout, sampler: TextSampler, mesh) -> dict:
   return {"classifier": backend, "evaluator": evaluator, **table}
 
 
-def harmlessness_scorer(config, layout, sampler: TextSampler, mesh):
+def harmlessness_scorer(config, sampler: TextSampler, mesh):
   """(score_fn(prompts, answers) -> scores, evaluator dir) from the harmlessness evaluator
-  (harmless.model, else this workdir's harmless_rm/model); (None, None) when there is none."""
-  import pathlib
-
+  (eval_harmless.load_evaluator); (None, None) when there is none yet."""
   from cai_jax.evals import harmlessness
-  from cai_jax.models.reward import load_reward_model
+  from cai_jax.stages import eval_harmless
 
-  where = pathlib.Path(config.harmless.model) if config.harmless.model else layout.harmless_model
-  if not where.is_dir():
-    common.log.info("sl-data quality: no harmlessness evaluator at %s (stage harmless-rm); "
-                    "refusal classes only", where)
+  try:
+    reward = eval_harmless.load_evaluator(config, mesh, text_model=sampler.model)
+  except FileNotFoundError as e:
+    common.log.info("sl-data quality: %s; refusal classes only", e)
     return None, None
-  graphdef, params = load_reward_model(where, mesh)
-  model = sampler.model
-  reward = harmlessness.reward_fn_from_model(graphdef, params, model.tokenizer, model.chat,
-                                             max_len=config.harmless.max_len,
-                                             batch_size=config.harmless.batch_size, mesh=mesh)
-  return (lambda prompts, answers: harmlessness.score_answers(reward, prompts, answers)), str(where)
+  return ((lambda prompts, answers: harmlessness.score_answers(reward, prompts, answers)),
+          str(eval_harmless.evaluator_dir(config)))

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import json
 import logging
 import os
 import pathlib
@@ -287,13 +286,6 @@ def stored_reference_logprobs(path: pathlib.Path, pairs: Sequence[EncodedPair], 
   return logprobs
 
 
-def _train_records(metrics_path: pathlib.Path) -> list[dict]:
-  if not metrics_path.exists():
-    return []
-  rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-  return [r for r in rows if r.get("stage") == "dpo"]
-
-
 def train_dpo(policy, pairs: Sequence[prefs.Pair], s: DPOSettings, out_dir: str | pathlib.Path,
               mesh: Mesh, *, reference: Callable[[], Any] | None = None, reference_label: str = "",
               export_to: str | pathlib.Path | None = None) -> dict:
@@ -307,7 +299,7 @@ def train_dpo(policy, pairs: Sequence[prefs.Pair], s: DPOSettings, out_dir: str 
   """
   from cai_jax import weights
   from cai_jax.train.checkpoint import Checkpointer
-  from cai_jax.train.loop import restore_or_keep, run_loop
+  from cai_jax.train.loop import read_metrics, restore_or_keep, run_loop
   from cai_jax.train.state import init_train_state, make_optimizer
 
   out_dir = pathlib.Path(out_dir)
@@ -363,7 +355,7 @@ def train_dpo(policy, pairs: Sequence[prefs.Pair], s: DPOSettings, out_dir: str 
   if export_to is not None:
     weights.export_hf(export_to, policy.cfg, jax.device_get(state.params), tok)
     log.info("dpo: exported the policy as HF safetensors to %s", export_to)
-  curve = _train_records(out_dir / "metrics.jsonl")
+  curve = read_metrics(out_dir / "metrics.jsonl", "dpo")
   ends = {f"{when}_{k}": rec.get(k) for when, rec in (("first", curve[0] if curve else {}),
                                                         ("last", curve[-1] if curve else {}))
           for k in ("loss", "reward_accuracy", "reward_margin")}

@@ -115,6 +115,15 @@ class MetricsWriter:
       self._tb.close()
 
 
+def read_metrics(path: str | pathlib.Path, stage: str) -> list[dict]:
+  """The records of one stage from a metrics.jsonl that MetricsWriter wrote ([] when the file
+  does not exist); a malformed line names file:line."""
+  from cai_jax.data.jsonl import iter_jsonl
+  if not pathlib.Path(path).exists():
+    return []
+  return [r for _, r in iter_jsonl(path) if r.get("stage") == stage]
+
+
 def _to_floats(metrics: Mapping[str, Any]) -> dict[str, float]:
   host = jax.device_get(dict(metrics))
   return {k: float(np.asarray(v)) for k, v in host.items()}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import pathlib
 from collections.abc import Callable, Mapping
@@ -142,13 +141,6 @@ def eval_batches(items: list, seq_len: int, pad_id: int, batch_size: int) -> lis
   return batches
 
 
-def _loss_curve(metrics_path: pathlib.Path) -> list[dict]:
-  if not metrics_path.exists():
-    return []
-  rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-  return [r for r in rows if r.get("stage") == "sft"]
-
-
 def fine_tune(loaded, items: list, held_items: list, s: SFTSettings, sft_dir: str | pathlib.Path,
               mesh: Mesh) -> tuple[TrainState, dict]:
   """Fine-tunes `loaded` (a LoadedModel; its params are donated) on tokenized examples.
@@ -158,7 +150,7 @@ def fine_tune(loaded, items: list, held_items: list, s: SFTSettings, sft_dir: st
   """
   from cai_jax.data.pipeline import SFTBatches
   from cai_jax.train.checkpoint import Checkpointer
-  from cai_jax.train.loop import restore_or_keep, run_loop
+  from cai_jax.train.loop import read_metrics, restore_or_keep, run_loop
   from cai_jax.train.state import init_train_state, make_optimizer
 
   sft_dir = pathlib.Path(sft_dir)
@@ -192,7 +184,7 @@ def fine_tune(loaded, items: list, held_items: list, s: SFTSettings, sft_dir: st
                    eval_fn=eval_fn, eval_every=s.eval_every, save_every=s.checkpoint_every,
                    log_every=s.log_every, stage="sft", tokens_in_batch=s.batch_size * s.seq_len)
   ckpt.close()
-  curve = _loss_curve(sft_dir / "metrics.jsonl")
+  curve = read_metrics(sft_dir / "metrics.jsonl", "sft")
   speeds = [r["tokens_per_s"] for r in curve[1:] if "tokens_per_s" in r]
   summary = dict(steps=int(state.step), first_loss=curve[0]["loss"] if curve else None,
                  last_loss=curve[-1]["loss"] if curve else None,
