@@ -1,4 +1,4 @@
-"""TrainState and the optimizer built from optimizer settings (config.py's `optim` fields).
+"""TrainState and the optimizer built from optimizer settings (cai_jax/config's `optim` fields).
 
 Master weights and optimizer state stay in the params' dtype (float32 by
 default, `model.param_dtype`); the forward pass casts to `model.dtype`
@@ -59,7 +59,7 @@ def make_schedule(c: Mapping, num_steps: int = 0) -> optax.Schedule:
 
 
 def make_optimizer(c: Mapping, num_steps: int = 0) -> optax.GradientTransformation:
-  """optax chain from optimizer settings (config.py's `optim` fields, validated there):
+  """optax chain from optimizer settings (cai_jax/config's `optim` fields, validated there):
   clip -> adamw|sgd(schedule) [-> MultiSteps]."""
   if c["name"] not in ("adamw", "sgd") or c["schedule"] not in ("constant", "cosine", "linear"):
     raise ValueError(f"optimizer: unknown name {c['name']!r} or schedule {c['schedule']!r}")
