@@ -60,7 +60,11 @@ def _ppo() -> ConfigDict:
   # rollouts of 16 answers in minibatches of 8 (see ppo.py's docstring).
   return ConfigDict(dict(
       policy="",  # weights path (SFT export); "" = <workdir>/sft/hf if present, else config.model
-      reward="rm",  # rm (the trained reward model) | token_count (synthetic, for tests/smoke runs)
+      # rm (the trained reward model) | feedback (d-RLAIF: the feedback model's direct score,
+      # cai/direct_reward.py; principles and few-shot from the feedback section) | token_count
+      # (synthetic, for tests/smoke runs)
+      reward="rm",
+      feedback_model="",  # reward="feedback": the feedback model; "" = config.model
       reward_model="",  # reward="rm": a trained reward model dir; "" = <workdir>/rm/model
       reward_tokens="abcdefghijklmnopqrstuvwxyz",  # reward="token_count": every token of this text scores 1
       prompts="red_team,helpful",  # comma-separated prompt specs (data/prompts.py)
@@ -156,7 +160,7 @@ def _validate_rm(c: ConfigDict) -> None:
 
 @validator("ppo")
 def _validate_ppo(c: ConfigDict) -> None:
-  choices = dict(reward=("rm", "token_count"), value_head=("separate", "shared"),
+  choices = dict(reward=("rm", "feedback", "token_count"), value_head=("separate", "shared"),
                  kl_controller=("fixed", "adaptive"), kl_in=("reward", "loss"),
                  kl_estimator=("k1", "k2", "k3"), reward_norm=("none", "batch", "running"))
   for field, allowed in choices.items():

@@ -4,7 +4,9 @@
 
 Reads the policy (ppo.policy; default this workdir's SFT export if present,
 else config.model), the reward model (ppo.reward_model; default this workdir's
-rm/model) and prompt sets (ppo.prompts). Writes <workdir>/ppo/ (checkpoints/
+rm/model) and prompt sets (ppo.prompts). With ppo.reward="feedback" there is no
+reward model: the feedback model scores each answer against the starting policy's
+answer (d-RLAIF, cai/direct_reward.py). Writes <workdir>/ppo/ (checkpoints/
 with the KL controller and reward statistics in `extra`, metrics.jsonl, tb/,
 curves.png, summary.json, hf/: the trained policy as HF safetensors). A rerun
 resumes and continues bit-identically. The losses are ppo.policy_loss,
@@ -14,6 +16,7 @@ config.loss_modules; the summary's "losses" records them.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import pathlib
@@ -21,11 +24,14 @@ import pathlib
 import jax
 import jax.numpy as jnp
 
+from cai_jax import constitution as constitution_lib
 from cai_jax import losses, report, weights
+from cai_jax.cai.direct_reward import DirectAIReward, DirectRewardSettings
 from cai_jax.data.prompts import load_prompts
 from cai_jax.models.reward import load_reward_model, reward_scores
 from cai_jax.sampling import TextSampler
 from cai_jax.stages import common
+from cai_jax.stages import feedback as feedback_stage
 from cai_jax.train import checkpoint, loop, ppo, ppo_rewards
 from cai_jax.train import state as state_lib
 
@@ -35,26 +41,54 @@ CURVES = ("reward_mean", "kl", "kl_coef", "entropy", "value_loss", "explained_va
           "response_length")
 
 
-def encode_prompts(specs: str, sampler: TextSampler) -> list[list[int]]:
-  """Every prompt of the comma-separated specs as a chat turn awaiting the answer."""
-  prompts = [sampler.encode_chat([{"role": "user", "content": p.text}])
-             for spec in (s.strip() for s in specs.split(",") if s.strip())
-             for p in load_prompts(common.repo_path(spec))]
-  if not prompts:
+def prompt_texts(specs: str) -> list[str]:
+  """Every prompt of the comma-separated specs (data/prompts.py)."""
+  texts = [p.text for spec in (s.strip() for s in specs.split(",") if s.strip())
+           for p in load_prompts(common.repo_path(spec))]
+  if not texts:
     raise ValueError(f"ppo.prompts: {specs!r} gave no prompts")
-  return prompts
+  return texts
 
 
-def reward_fn(config, mesh, tokenizer):
-  """The configured reward: the trained reward model, or the synthetic token count."""
+def reward_fn(config, mesh, loaded, ref_params, texts: list[str], encoded: list[list[int]]):
+  """The configured reward: the trained reward model, the feedback model's direct score
+  (d-RLAIF) or the synthetic token count."""
   c = config.ppo
   if c.reward == "token_count":
-    return ppo_rewards.token_count_reward(tokenizer.encode(c.reward_tokens))
+    return ppo_rewards.token_count_reward(loaded.tokenizer.encode(c.reward_tokens))
+  if c.reward == "feedback":
+    return direct_reward(config, mesh, loaded, ref_params, texts, encoded)
   where = pathlib.Path(c.reward_model) if c.reward_model else common.layout(config).reward_model
   log.info("ppo: reward model from %s", where)
   graphdef, params = load_reward_model(where, mesh)
   return ppo_rewards.reward_model_fn(reward_scores, graphdef, params, mesh=mesh,
                                      batch_size=c.sample_batch_size)
+
+
+def direct_reward(config, mesh, loaded, ref_params, texts, encoded) -> DirectAIReward:
+  """d-RLAIF: the feedback model (ppo.feedback_model, default config.model) compares each
+  answer with the frozen starting policy's greedy answer, in both orders, under
+  feedback.k_principles principles of the feedback section's constitution."""
+  c, f = config.ppo, config.feedback
+  source = c.feedback_model or config.model.source
+  log.info("ppo: direct AI reward from the feedback model %s (no reward model)", source)
+  judge = common.load(config, mesh, rules="sample", source=source)
+  judge_sampler = TextSampler(judge, common.judge_settings(config), mesh=mesh)
+  baseline = TextSampler(dataclasses.replace(loaded, params=ref_params),
+                         common.sampler_settings(config, temperature=0.0,
+                                                 max_new_tokens=c.max_new_tokens,
+                                                 max_prompt_len=c.max_prompt_len,
+                                                 batch_size=c.sample_batch_size), mesh=mesh)
+  constitution = constitution_lib.load(common.repo_path(f.constitution),
+                                       profile=common.repo_path(f.profile) or None, few_shot="")
+  questions = lambda prompt, rng, k: [p.feedback for p in constitution.sample(rng, k)]  # noqa: E731
+  max_len = c.max_prompt_len
+  prompts = {tuple(ids[-max_len:]): text for ids, text in zip(encoded, texts)}
+  settings = DirectRewardSettings(k_principles=f.k_principles, seed=config.seed,
+                                  prefix=feedback_stage.few_shot(f))
+  return DirectAIReward(prompts, loaded.tokenizer.decode,
+                        lambda ps: baseline.chat([[{"role": "user", "content": p}] for p in ps]),
+                        questions, judge_sampler.logprobs, settings)
 
 
 def chosen_losses(config) -> dict[str, str | None]:
@@ -93,10 +127,11 @@ def build_with_model(config, mesh=None):
   state, shardings = state_lib.init_train_state(params, param_shardings, tx,
                                                 jax.random.key(config.seed), mesh)
   tok = loaded.tokenizer
+  texts = prompt_texts(c.prompts)
+  encoded = [TextSampler(loaded).encode_chat([{"role": "user", "content": t}]) for t in texts]
   iteration = ppo.PPOIteration(
-      spec=spec, cfg=c.to_dict(), tx=tx, mesh=mesh, state_shardings=shardings,
-      prompts=encode_prompts(c.prompts, TextSampler(loaded)),
-      reward_fn=reward_fn(config, mesh, tok), ref_params=ref_params,
+      spec=spec, cfg=c.to_dict(), tx=tx, mesh=mesh, state_shardings=shardings, prompts=encoded,
+      reward_fn=reward_fn(config, mesh, loaded, ref_params, texts, encoded), ref_params=ref_params,
       host=ppo.HostState(kl_coef=float(c.kl_coef)), stop_ids=tok.stop_ids, pad_id=tok.pad_id,
       seed=config.seed)
   return state, shardings, iteration, loaded
