@@ -38,7 +38,8 @@ import pathlib
 STAGE_DIRS = {"sl-data": "sl_data", "sft": "sft", "feedback": "feedback", "rm": "rm",
               "ppo": "ppo", "eval-hhh": "eval", "eval-mc": "eval", "eval-refusal": "eval",
               "eval-safety": "safety", "harmless-rm": "harmless_rm", "eval-harmless": "harmless",
-              "eval-drift": "drift", "dpo": "dpo"}
+              "eval-drift": "drift", "dpo": "dpo", "audit": "audit",
+              "sweep": "sweep"}
 TRAINING_STAGES = ("sft", "rm", "ppo", "dpo")  # the ones that write metrics.jsonl through the loop
 
 
@@ -101,6 +102,10 @@ class RunLayout:
   def metrics(self, stage: str) -> pathlib.Path:
     return self.stage_dir(stage) / "metrics.jsonl"
 
+  def config_file(self, stage: str) -> pathlib.Path:
+    """The config a stage last ran with, as a launchable experiment file (configs/<stage>.py)."""
+    return self.root / "configs" / f"{stage.replace('-', '_')}.py"
+
   @property
   def hhh(self) -> pathlib.Path:
     return self.stage_dir("eval-hhh") / "hhh.json"
@@ -153,8 +158,10 @@ class RunLayout:
         "eval-harmless": {"harmless": {"harmless.json", "answers.jsonl", "harmless.png"}},
         "eval-drift": {"drift": {"drift.json", "kl_by_position.png"}},
     }
-    tree: dict[str, set[str]] = {"": {"report.md", "summary.json"}}
+    tree: dict[str, set[str]] = {"": {"report.md", "summary.json", "configs/"},
+                                 "configs": {"pipeline.py"}}
     for stage in stages:
+      tree["configs"].add(f"{stage.replace('-', '_')}.py")
       for folder, entries in per_stage[stage].items():
         tree[""].add(folder + "/")
         tree.setdefault(folder, set()).update(entries)

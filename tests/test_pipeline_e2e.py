@@ -44,14 +44,15 @@ def _tiny_config(workdir):
       "harmless.data": str(hh), "harmless.num_steps": 2, "harmless.eval_every": 2,
       "harmless.checkpoint_every": 2, "harmless.batch_size": 4, "harmless.eval_fraction": 0.25,
       "harmless.n_prompts": 2, "harmless.max_new_tokens": 4,
-      "safety.limit": 6, "safety.max_new_tokens": 4, "drift.n_prompts": 2, "drift.k": 2})
+      "safety.limit": 6, "safety.max_new_tokens": 4, "drift.n_prompts": 2, "drift.k": 2,
+      "pipeline.isolate": False})  # one process here; test_pipeline_isolated runs them apart
   return config_lib.validate(config)
 
 
 def test_pipeline_runs_every_stage_and_writes_the_report(tmp_path):
   summaries = pipeline.run(_tiny_config(tmp_path))
   tmp_path = tmp_path / "run"
-  assert list(summaries) == STAGES + ["timing_s"]
+  assert list(summaries) == STAGES + ["timing_s", "peak_rss_gb"]
   # The evaluations compare the base model with what this run trained.
   trained = [str(tmp_path / "sft" / "hf"), str(tmp_path / "ppo" / "hf")]
   assert [m["model"] for m in summaries["eval-safety"]["models"]] == ["random:tiny"] + trained
@@ -87,3 +88,14 @@ def test_unknown_stage_is_rejected(tmp_path):
     assert "pipeline.stages: unknown stage 'rlhf'" in str(e)
   else:
     raise AssertionError("expected a ValueError")
+
+
+def test_every_stage_saves_the_config_it_ran_with_as_a_launchable_file(tmp_path):
+  config = _tiny_config(tmp_path)
+  config_lib.apply_overrides(config, {"pipeline.stages": "sl-data"})
+  pipeline.run(config)
+  saved = tmp_path / "run" / "configs" / "sl_data.py"
+  spec = importlib.util.spec_from_file_location("saved", saved)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  assert module.get_config() == config

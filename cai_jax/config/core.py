@@ -225,3 +225,32 @@ def apply_overrides(config: ConfigDict, overrides: dict[str, object]) -> ConfigD
       else:
         node = node[part]
   return config
+
+
+def flat_fields(config: ConfigDict, prefix: str = "") -> dict[str, object]:
+  """{"sft.optim.lr": 1e-5, ...}: every leaf field by its dotted name."""
+  out = {}
+  for k, v in config.items():
+    name = f"{prefix}{k}"
+    if isinstance(v, ConfigDict):
+      out.update(flat_fields(v, name + "."))
+    else:
+      out[name] = v
+  return out
+
+
+def restore(fields: Mapping[str, object]) -> ConfigDict:
+  """A locked, validated config from `flat_fields` output (base_config + those values)."""
+  return validate(apply_overrides(base_config(), dict(fields)))
+
+
+def as_experiment(config: ConfigDict, note: str = "") -> str:
+  """Python source of an experiment file that rebuilds `config` exactly: a run's saved
+  config, itself launchable with `--config <file>`."""
+  import pprint
+  body = pprint.pformat(flat_fields(config), indent=1, width=100, sort_dicts=True)
+  return (f'"""{note or "A saved run config"} (written by cai_jax; rerun with --config <this file>)."""\n\n'
+          "from cai_jax.config import restore\n\n"
+          f"FIELDS = {body}\n\n\n"
+          "def get_config():\n"
+          "  return restore(FIELDS)\n")

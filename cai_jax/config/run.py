@@ -50,7 +50,10 @@ def _sampler() -> ConfigDict:
 def _pipeline() -> ConfigDict:
   # Stage `pipeline` (stages/pipeline.py): which stages to run, in the fixed order
   # sl-data, sft, feedback, rm, ppo, eval-hhh.
-  return ConfigDict(dict(stages=""))  # "" = all; else e.g. "sl-data,sft"
+  return ConfigDict(dict(
+      stages="",  # "" = all; else e.g. "sl-data,sft"
+      isolate=True,  # each stage in its own process (peak memory = the largest stage's)
+  ))
 
 
 @section("generate")

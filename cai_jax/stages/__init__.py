@@ -28,6 +28,10 @@ STAGES: dict[str, str] = {
     "eval-harmless": "eval_harmless",
     "eval-drift": "eval_drift",
     "pipeline": "pipeline",
+    "constitution": "constitution",
+    "audit": "audit",
+    "sweep": "sweep",
+    "plan": "plan",
 }
 
 # The CAI recipe and its measurements, in the order the pipeline runs them. The
@@ -35,6 +39,21 @@ STAGES: dict[str, str] = {
 # sl-data can score its revision rounds with it.
 PIPELINE_ORDER = ("harmless-rm", "sl-data", "sft", "feedback", "rm", "ppo", "dpo", "eval-hhh",
                   "eval-safety", "eval-harmless", "eval-drift")
+
+
+def run_stage(name: str, config) -> dict:
+  """Runs stage `name` after saving the config it runs with to <workdir>/configs/<name>.py
+  (a launchable experiment file: the record of every setting, loss names included)."""
+  from cai_jax import config as config_lib
+  from cai_jax.layout import RunLayout
+
+  fn = get(name)
+  path = RunLayout(config.workdir).config_file(name)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text(config_lib.as_experiment(config, f"The config of stage {name}"))
+  tmp.replace(path)
+  return fn(config)
 
 
 def get(name: str) -> Callable:

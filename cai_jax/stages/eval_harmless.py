@@ -29,6 +29,15 @@ STAGE = "eval-harmless"
 log = logging.getLogger("cai_jax.stages")
 
 
+def missing_inputs(config) -> str | None:
+  """Why this stage cannot run (the pipeline skips it, loudly), or None."""
+  path = pathlib.Path(config.harmless.model or common.layout(config).harmless_model)
+  if path.is_dir():
+    return None
+  return (f"no harmlessness evaluator at {path} (stage harmless-rm trains it from "
+          "harmless.data, the hh-rlhf pairs a user brings; or set --config.harmless.model=DIR)")
+
+
 def evaluator_dir(config) -> pathlib.Path:
   """harmless.model, or this workdir's harmless_rm/model; FileNotFoundError when absent."""
   path = pathlib.Path(config.harmless.model or common.layout(config).harmless_model)

@@ -7,17 +7,28 @@ All stages share the one workdir; each writes its own folder of the run layout
 (layout.py) and reads the previous stages' files from there, exactly as if it
 had been launched alone, so rerunning the pipeline resumes each stage from what
 it already wrote. `pipeline.stages` picks a subset (kept in the fixed order).
+
+With pipeline.isolate (the default) each stage runs in a process of its own from
+its saved config (<workdir>/configs/<stage>.py), so the run's peak memory is the
+largest stage's; the report lists every stage's peak RSS and wall time. A stage
+whose inputs are missing (a stage module's `missing_inputs(config)`: the public
+data sets a user must bring) is skipped loudly: the log, stderr and the report
+name it, with the reason and the setting that enables it.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import logging
+import os
 import resource
+import subprocess
 import sys
 import time
 
+from cai_jax import config as config_lib
 from cai_jax import report
 from cai_jax import stages as registry
 from cai_jax.stages import common
@@ -53,8 +64,11 @@ def with_run_inputs(config, name: str, names: list[str], layout):
 
 def _peak_rss_gb() -> float:
   """This process's peak resident memory (ru_maxrss: KiB on Linux, bytes on macOS)."""
-  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  return peak / (1e9 if sys.platform == "darwin" else 1e6)
+  return _rss_gb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def _rss_gb(maxrss: int) -> float:
+  return round(maxrss / (1e9 if sys.platform == "darwin" else 1e6), 2)
 
 
 def _jsonable(summary) -> dict:
@@ -62,25 +76,93 @@ def _jsonable(summary) -> dict:
                                default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
+def missing_inputs(name: str, config) -> str | None:
+  """Why stage `name` cannot run with this config (a stage module's `missing_inputs`), or None."""
+  module = importlib.import_module(f"cai_jax.stages.{registry.STAGES[name]}")
+  check = getattr(module, "missing_inputs", None)
+  return check(config) if check else None
+
+
+def run_isolated(name: str, config, layout) -> tuple[dict, float]:
+  """Runs one stage as `python -m cai_jax <stage> --config <its saved config>` in a process
+  of its own, so each stage starts with an empty heap (the pipeline's peak memory is the
+  largest stage's, not their sum). Returns (summary, the child's peak RSS in GB)."""
+  path = layout.config_file(name)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(config_lib.as_experiment(config, f"The config of stage {name}"))
+  cmd = [sys.executable, "-m", "cai_jax", name, "--config", str(path)]
+  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1)
+  last = ""
+  for line in proc.stdout:  # the stage's stdout, echoed; its last line is the JSON summary
+    sys.stdout.write(line)
+    last = line.strip() or last
+  proc.stdout.close()
+  _, status, usage = os.wait4(proc.pid, 0)
+  code = os.waitstatus_to_exitcode(status)
+  if code != 0:
+    raise StageFailed(name, code, f"stage {name} exited with code {code} (its config: {path}; "
+                      "rerun the pipeline to resume from what the stages wrote)")
+  try:
+    summary = json.loads(last)
+  except json.JSONDecodeError:
+    raise StageFailed(name, 1, f"stage {name} ended without its JSON summary line") from None
+  return summary, _rss_gb(usage.ru_maxrss)
+
+
+class StageFailed(RuntimeError):
+  """A stage run by the pipeline in its own process failed; `code` is its exit code."""
+
+  def __init__(self, stage: str, code: int, message: str):
+    super().__init__(message)
+    self.stage, self.code = stage, code
+
+
 def run(config) -> dict:
   """Runs the configured stages in order; writes <workdir>/report.md with plots."""
   layout = common.layout(config)
   layout.root.mkdir(parents=True, exist_ok=True)
   names = selected(config.pipeline.stages)
+  layout.config_file("pipeline").parent.mkdir(parents=True, exist_ok=True)
+  layout.config_file("pipeline").write_text(config_lib.as_experiment(config, "The pipeline's config"))
+  isolate = config.pipeline.isolate
   summaries: dict[str, dict] = {}
   timings: dict[str, float] = {}
+  peaks: dict[str, float] = {}
+  skipped: dict[str, str] = {}
   start = time.time()
   for i, name in enumerate(names, 1):
-    log.info("pipeline: [%d/%d] %s -> %s", i, len(names), name, layout.stage_dir(name))
     stage_config = with_run_inputs(copy.deepcopy(config), name, names, layout)
+    reason = missing_inputs(name, stage_config)
+    if reason:
+      log.warning("pipeline: [%d/%d] %s SKIPPED: %s", i, len(names), name, reason)
+      skipped[name] = reason
+      summaries[name] = {"skipped": reason}
+      continue
+    log.info("pipeline: [%d/%d] %s -> %s%s", i, len(names), name, layout.stage_dir(name),
+             " (own process)" if isolate else "")
     t0 = time.time()
-    summaries[name] = _jsonable(registry.get(name)(stage_config))
+    if isolate:
+      try:
+        summary, peaks[name] = run_isolated(name, stage_config, layout)
+      except StageFailed as e:
+        print(f"pipeline: {e}", file=sys.stderr)  # the stage printed its own error above
+        raise SystemExit(e.code) from None
+    else:
+      summary = registry.run_stage(name, stage_config)
+      peaks[name] = _peak_rss_gb()  # in one process: the peak so far, not this stage's own
+    summaries[name] = _jsonable(summary)
     timings[name] = round(time.time() - t0, 1)
-    log.info("pipeline: %s done in %.0f s; peak RSS so far %.1f GB", name, timings[name],
-             _peak_rss_gb())
+    log.info("pipeline: %s done in %.0f s; peak RSS %.2f GB%s", name, timings[name], peaks[name],
+             "" if isolate else " (whole process so far)")
   summaries["timing_s"] = {**timings, "total": round(time.time() - start, 1)}
-  out = report.write_report(layout, summaries, title="cai_jax pipeline report",
-                            notes=[f"model: {config.model.source}", f"stages: {', '.join(names)}"])
+  summaries["peak_rss_gb"] = {**peaks, "max": max(peaks.values(), default=0.0)}
+  notes = [f"model: {config.model.source}", f"stages: {', '.join(n for n in names if n not in skipped)}",
+           "peak RSS per stage (GB): " + ", ".join(f"{k} {v:.2f}" for k, v in peaks.items())
+           + ("" if isolate else " (one process: cumulative)")]
+  notes += [f"SKIPPED {k}: {v}" for k, v in skipped.items()]
+  out = report.write_report(layout, summaries, title="cai_jax pipeline report", notes=notes)
   print(out.read_text())
+  for k, v in skipped.items():
+    print(f"pipeline: stage {k} was skipped: {v}", file=sys.stderr)
   print(f"report: {out}")
   return summaries
