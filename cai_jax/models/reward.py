@@ -82,8 +82,9 @@ def save_reward_model(directory: str | pathlib.Path, cfg: ModelConfig, params: A
 
   directory = pathlib.Path(directory).absolute()
   directory.mkdir(parents=True, exist_ok=True)
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(directory / PARAMS_DIR, params, force=True)
+  # Uncompressed, as train/checkpoint.py: compression holds a second copy in host memory.
+  with ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_compression=False)) as ckptr:
+    ckptr.save(directory / PARAMS_DIR, args=ocp.args.PyTreeSave(params), force=True)
   (directory / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
   return directory
 
@@ -104,6 +105,7 @@ def load_reward_model(directory: str | pathlib.Path, mesh=None) -> tuple[Any, An
   shardings = sharding.param_shardings(abstract_state, mesh, "train")
   target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         nnx.to_pure_dict(abstract_state), shardings)
-  with ocp.StandardCheckpointer() as ckptr:
-    params = ckptr.restore(directory / PARAMS_DIR, target)
+  with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
+    params = ckptr.restore(directory / PARAMS_DIR, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target)))
   return graphdef, params

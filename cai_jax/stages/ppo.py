@@ -22,7 +22,6 @@ import logging
 import pathlib
 
 import jax
-import jax.numpy as jnp
 
 from cai_jax import constitution as constitution_lib
 from cai_jax import losses, report, weights
@@ -115,7 +114,9 @@ def build_with_model(config, mesh=None):
   common.say_start_model("ppo (policy)", source, why)
   loaded = common.load(config, mesh, rules="train", source=source)
   policy = loaded.params
-  ref_params = jax.tree.map(jnp.copy, policy)  # frozen reference = the starting (SFT) policy
+  # The frozen reference is the loaded weights themselves: init_train_state (not donating)
+  # builds the trained copy, so the starting policy is held once, not twice.
+  ref_params = policy
   shared = c.value_head == "shared"
   head_gd, value = ppo.init_value_params(shared, policy, loaded.cfg.d_model, mesh)
   spec = ppo.PPOSpec(loaded.graphdef, head_gd, shared)

@@ -6,6 +6,12 @@ asynchronous (the step loop goes on while files are written) and only the
 newest `keep` are kept. Restoring takes target shardings, so a run saved on
 one mesh resumes on another. A latest checkpoint that cannot be read (torn
 write, corrupted file) is skipped with a warning and the one before is used.
+
+Arrays are written uncompressed: float weights and optimizer moments do not
+compress, and orbax's compressing writer holds about one extra copy of the
+state in host memory while it saves (measured: +1.45 GB for a 1.6 GB state on
+CPU, against +0.01 GB uncompressed), which decides whether a 135M-parameter
+run fits a laptop. Checkpoints written compressed by older versions still read.
 """
 
 from __future__ import annotations
@@ -31,6 +37,17 @@ def _raw_rng(state: TrainState) -> TrainState:
   return state
 
 
+def state_handler() -> ocp.PyTreeCheckpointHandler:
+  """orbax's pytree handler writing arrays uncompressed (see the module docstring)."""
+  return ocp.PyTreeCheckpointHandler(use_compression=False)
+
+
+def pytree_restore(target: Any) -> ocp.args.PyTreeRestore:
+  """Restore arguments placing every array as its ShapeDtypeStruct in `target` says."""
+  return ocp.args.PyTreeRestore(item=target,
+                                restore_args=ocp.checkpoint_utils.construct_restore_args(target))
+
+
 class Checkpointer:
   """Saves / restores TrainStates under `directory` (one sub-directory per step)."""
 
@@ -39,12 +56,13 @@ class Checkpointer:
     self._mgr = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
-                                             create=True))
+                                             create=True),
+        item_handlers={"state": state_handler(), "extra": ocp.JsonCheckpointHandler()})
 
   def save(self, step: int, state: TrainState, extra: dict | None = None) -> None:
     """Starts saving `state` (+ JSON-serialisable `extra`) as checkpoint `step`."""
     self._mgr.save(int(step), args=ocp.args.Composite(
-        state=ocp.args.StandardSave(_raw_rng(state)), extra=ocp.args.JsonSave(extra or {})), force=True)
+        state=ocp.args.PyTreeSave(_raw_rng(state)), extra=ocp.args.JsonSave(extra or {})), force=True)
 
   def wait(self) -> None:
     """Blocks until pending asynchronous saves are on disk."""
@@ -65,7 +83,7 @@ class Checkpointer:
     target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           target, shardings)
     out = self._mgr.restore(int(step), args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), extra=ocp.args.JsonRestore()))
+        state=pytree_restore(target), extra=ocp.args.JsonRestore()))
     state = out["state"]
     if jax.dtypes.issubdtype(abstract_state.rng.dtype, jax.dtypes.prng_key):
       state = state.replace(rng=jax.random.wrap_key_data(state.rng))

@@ -124,7 +124,9 @@ def train_reward_model(trunk, ai: Sequence[prefs.Pair], human: Sequence[prefs.Pa
            len(hu_train), len(hu_held))
   graphdef, params, p_shard = build_reward_model(trunk.cfg, mesh, trunk.params, s.seed)
   tx = make_optimizer(s.optim, s.num_steps)
-  state, s_shard = init_train_state(params, p_shard, tx, jax.random.key(s.seed), mesh)
+  # Donated: the trunk's weights move into the state instead of being copied (the caller's
+  # `trunk.params` must not be used afterwards).
+  state, s_shard = init_train_state(params, p_shard, tx, jax.random.key(s.seed), mesh, donate=True)
   ckpt = Checkpointer(rm_dir / "checkpoints", keep=s.keep)
   state, _ = restore_or_keep(ckpt, state, s_shard)
   rm_dir.mkdir(parents=True, exist_ok=True)
