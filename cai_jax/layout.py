@@ -39,7 +39,7 @@ STAGE_DIRS = {"sl-data": "sl_data", "sft": "sft", "feedback": "feedback", "rm": 
               "ppo": "ppo", "eval-hhh": "eval", "eval-mc": "eval", "eval-refusal": "eval",
               "eval-safety": "safety", "harmless-rm": "harmless_rm", "eval-harmless": "harmless",
               "eval-drift": "drift", "dpo": "dpo", "audit": "audit",
-              "sweep": "sweep"}
+              "sweep": "sweep", "plan": "plan"}
 TRAINING_STAGES = ("sft", "rm", "ppo", "dpo")  # the ones that write metrics.jsonl through the loop
 
 
