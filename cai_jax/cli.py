@@ -1,17 +1,30 @@
 """`python -m cai_jax <stage> --config experiments/x.py[:variant] --config.a.b=c`.
 
 The face of the package: parses the flags, loads and validates the locked
-config, and calls the stage (`cai_jax.stages.get(name)(config)`). Config errors
-are reported plainly (exit code 2), never as a traceback.
+config, starts jax.distributed when config.distributed asks for it, and runs the
+stage (`cai_jax.stages.run_stage(name, config)`, which first saves the config to
+<workdir>/configs/<stage>.py). Config errors and bad input are reported plainly
+(exit code 2), never as a traceback.
+
+Exit codes: 0 done; 1 a bug (traceback); 2 a config error or bad input (a file, a
+value, a path: one line naming it, no traceback; CAI_JAX_DEBUG=1 shows it); 3 (EXIT_PAUSED) a
+training stage is paused for a person: the constitutional checkpoint saw the
+policy drift past a threshold, saved the checkpoint and wrote <stage dir>/ALERT.txt,
+or a rerun found that pause unacknowledged. Continue with the same command plus
+--config.checkpoint.ack=<the alert id in ALERT.txt>.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
 import sys
 
 from cai_jax import stages
+
+
+EXIT_PAUSED = 3  # train.loop.Paused: see the module doc
 
 
 def _usage() -> str:
@@ -31,9 +44,15 @@ def load_config(argv: list[str]):
   # without it they are looked for in sys.argv, which fails for load_config(argv) from Python.
   config_flags.DEFINE_config_file("config", None, "experiment config file", flag_values=fv,
                                   lock_config=True, sys_argv=["cai_jax"] + argv)
+  arg = _config_arg(argv)
+  if arg is None and any(a.startswith("--config.") for a in argv):
+    raise SystemExit("config error: overrides (--config.a.b=c) need the experiment they change: "
+                     "--config experiments/<name>.py is required\n" + _usage())
+  if arg is not None and not pathlib.Path(arg.partition(":")[0]).is_file():
+    raise SystemExit(f"config error: --config {arg}: no such experiment file")
   try:
     fv(["cai_jax"] + argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
     raise SystemExit(f"config error: {_explain_override_error(argv) or e}") from None
   if fv.config is None:
     raise SystemExit("config error: --config experiments/<name>.py is required\n" + _usage())
@@ -114,7 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
   stage, rest = argv[0], argv[1:]
   if stage not in stages.STAGES:
-    raise SystemExit(f"unknown stage {stage!r}\n" + _usage())
+    print(f"unknown stage {stage!r}\n" + _usage(), file=sys.stderr)
+    raise SystemExit(2)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                       datefmt="%H:%M:%S")
   try:
@@ -124,4 +144,39 @@ def main(argv: list[str] | None = None) -> None:
       raise
     print(e.code, file=sys.stderr)  # a config error: the message alone, exit code 2
     raise SystemExit(2) from None
-  stages.get(stage)(config)
+  from cai_jax.train.loop import Paused
+  try:
+    start_distributed(config)
+    stages.run_stage(stage, config)
+  except Paused as e:
+    print(f"paused: {e}", file=sys.stderr)
+    raise SystemExit(EXIT_PAUSED) from None
+  except USER_ERRORS as e:
+    if os.environ.get("CAI_JAX_DEBUG"):
+      raise
+    print(f"error: {_plain(e)}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
+# What a user can fix (a bad file, value or path), reported as one line with exit code 2;
+# anything else is a bug and keeps its traceback (exit 1). CAI_JAX_DEBUG=1 shows every traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+               PermissionError, FileExistsError)
+
+
+def _plain(e: BaseException) -> str:
+  """The exception's message (FileNotFoundError's "[Errno 2] ...: 'path'" form kept whole)."""
+  return str(e) if str(e) else type(e).__name__
+
+
+def start_distributed(config) -> None:
+  """Multi-host runs: starts jax.distributed from config.distributed before any JAX
+  computation (every stage, the same program on every host), and keeps INFO logs to
+  process 0 so N hosts do not print N copies."""
+  from cai_jax import sharding
+
+  d = config.distributed
+  if sharding.maybe_initialize_distributed(d.coordinator_address, d.num_processes, d.process_id):
+    import jax
+    if jax.process_index() != 0:
+      logging.getLogger().setLevel(logging.WARNING)

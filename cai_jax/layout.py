@@ -155,7 +155,8 @@ class RunLayout:
         "dpo": {"dpo": train | {"reference_logprobs.npz", "curves.png", "hf/"}},
         "eval-hhh": {"eval": {"hhh.json", "hhh.png"}},
         "eval-safety": {"safety": {"safety.json", "frontier.png", "answers_*.jsonl"}},
-        "eval-harmless": {"harmless": {"harmless.json", "answers.jsonl", "harmless.png"}},
+        "eval-harmless": {"harmless": {"harmless.json", "answers.jsonl", "answers.settings.json",
+                                     "harmless.png"}},
         "eval-drift": {"drift": {"drift.json", "kl_by_position.png"}},
     }
     tree: dict[str, set[str]] = {"": {"report.md", "summary.json", "configs/"},

@@ -134,3 +134,55 @@ def write_report(layout: RunLayout, summaries: Mapping[str, Mapping],
   out = layout.report
   out.write_text("\n".join(lines) + "\n")
   return out
+
+
+def plot_ablation(rows: Sequence[Mapping], out_png: pathlib.Path, *,
+                  outcome_labels: Mapping[str, str] | None = None, x_label: str = "setting",
+                  title: str = "", error_bars: str = "sem", x_scale: str = "linear",
+                  ) -> dict[str, dict[str, list]] | None:
+  """The paper's ablation figure: a panel per outcome, its mean over seeds against the ablated
+  setting with error bars (`error_bars`: "sem" or "std" of the rows), each seed's value as
+  a faint dot. `rows`: {"label", "x" (a number, or None for a categorical axis), "outcome",
+  "values", "mean", "std", "sem"} per setting and outcome (sweep.Aggregate.row()).
+
+  Returns what was drawn, {outcome: {"x", "mean", "err", "labels"}} (err 0 where n < 2),
+  or None when no outcome has a value."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  outcomes = [o for o in dict.fromkeys(r["outcome"] for r in rows)
+              if any(r["values"] for r in rows if r["outcome"] == o)]
+  if not outcomes:
+    return None
+  labels = list(dict.fromkeys(r["label"] for r in rows))
+  categorical = any(r["x"] is None for r in rows)
+  fig, axes = plt.subplots(1, len(outcomes), figsize=(4.2 * len(outcomes), 3.4), squeeze=False)
+  drawn: dict[str, dict[str, list]] = {}
+  for ax, outcome in zip(axes[0], outcomes):
+    mine = [r for r in rows if r["outcome"] == outcome and r["values"]]
+    xs = [labels.index(r["label"]) if categorical else r["x"] for r in mine]
+    means = [r["mean"] for r in mine]
+    errs = [0.0 if r[error_bars] is None or math.isnan(r[error_bars]) else r[error_bars]
+            for r in mine]
+    for x, r in zip(xs, mine):  # each seed's own value, so n and the spread stay visible
+      ax.plot([x] * len(r["values"]), r["values"], ".", color="0.6", alpha=0.6, zorder=1)
+    ax.errorbar(xs, means, yerr=errs, marker="o", capsize=4, zorder=2)
+    drawn[outcome] = dict(x=xs, mean=means, err=errs, labels=[r["label"] for r in mine])
+    if categorical:
+      ax.set_xticks(range(len(labels)), labels, rotation=20 if len(labels) > 4 else 0)
+    else:
+      if x_scale == "log":
+        ax.set_xscale("log", base=2)
+      ax.set_xticks(xs, [r["label"] for r in mine])  # the settings themselves, not 0.5 steps
+    ax.set_title(outcome)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel((outcome_labels or {}).get(outcome, outcome))
+    ax.grid(alpha=0.3)
+  n_seeds = max(len(r["values"]) for r in rows)
+  fig.suptitle(f"{title} (mean ± {error_bars} over up to {n_seeds} seeds)".strip())
+  fig.tight_layout()
+  out_png.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(out_png, dpi=100)
+  plt.close(fig)
+  return drawn

@@ -6,7 +6,8 @@
       --config.workdir=runs/sl_cai_direct                              # ablation: revise without critique
 
 Rerunning the same command resumes from the last complete record. The paper's
-own principles: --config.sl_data.constitution=paper:../shared/data/cai_paper/prompts
+own principles: --config.constitution.path=paper:../shared/data/cai_paper/prompts
+(--config.sl_data.constitution=... gives this stage alone its own).
 """
 
 from cai_jax.config import ConfigDict, experiment_config

@@ -1,4 +1,5 @@
-"""Checkpoints: kill/resume is bit-identical, a corrupt latest falls back, restore onto another mesh."""
+"""Checkpoints: kill/resume is bit-identical, a corrupt latest falls back, all corrupt is an
+error (never a silent restart from step 0), restore onto another mesh."""
 
 import logging
 import pathlib
@@ -9,11 +10,12 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 
 from cai_jax import sharding
 from cai_jax.models import Transformer
-from cai_jax.train.checkpoint import Checkpointer
+from cai_jax.train.checkpoint import Checkpointer, CorruptCheckpoints
 from cai_jax.config import optim_section
 from cai_jax.train.state import init_train_state, make_optimizer
 
@@ -78,6 +80,30 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capl
   assert extra == {"data": {"next_batch": 1}}
   _equal(state.params, s1.params)
   assert "checkpoint" in caplog.text and "/2 is unreadable" in caplog.text
+
+
+def test_every_checkpoint_corrupt_is_an_error_naming_the_folder(tmp_path, caplog):
+  mesh = sharding.make_mesh({"data": 8})
+  s1, shardings = _state(mesh, seed=1)
+  ckpt = Checkpointer(tmp_path, keep=3, async_save=False)
+  for step in (1, 2):
+    ckpt.save(step, s1.replace(step=s1.step + step), {})
+  ckpt.wait()
+  for f in tmp_path.rglob("*"):  # garble every file of every checkpoint
+    if f.is_file() and f.stat().st_size:
+      f.write_bytes(b"\0garbage" * 4)
+  with caplog.at_level(logging.WARNING), pytest.raises(CorruptCheckpoints) as e:
+    Checkpointer(tmp_path).restore_latest(jax.tree.map(_abstract, s1), shardings)
+  assert str(e.value).startswith(f"{tmp_path}: none of the 2 checkpoints (steps [1, 2]) can be read")
+  assert "delete the folder to train again from step 0" in str(e.value)
+  assert isinstance(e.value, ValueError)  # the CLI's one error path: message, exit code 2
+  assert "/2 is unreadable" in caplog.text and "/1 is unreadable" in caplog.text
+
+
+def test_no_checkpoints_at_all_means_start_from_scratch(tmp_path):
+  mesh = sharding.make_mesh({"data": 8})
+  s1, shardings = _state(mesh, seed=1)
+  assert Checkpointer(tmp_path / "empty").restore_latest(jax.tree.map(_abstract, s1), shardings) is None
 
 
 def _abstract(x):

@@ -317,9 +317,9 @@ def test_pipeline_can_run_dpo_in_place_of_rm_and_ppo(tmp_path):
       "sl_data.n_prompts": 2, "sl_data.n_helpful": 1, "sl_data.n_rounds": 1, "sampler.max_new_tokens": 8,
       "sft.num_steps": 1, "sft.eval_fraction": 0.0, "sft.checkpoint_every": 1, "feedback.n_prompts": 4,
       "dpo.num_steps": 2, "dpo.batch_size": 4, "dpo.max_len": 128, "dpo.eval_fraction": 0.0,
-      "dpo.checkpoint_every": 2, "dpo.loss": "soft_dpo"})
+      "dpo.checkpoint_every": 2, "dpo.loss": "soft_dpo", "pipeline.isolate": False})
   summaries = pipeline.run(config_lib.validate(config))
-  assert list(summaries) == stages + ["timing_s"]
+  assert list(summaries) == stages + ["timing_s", "peak_rss_gb"]
   s = summaries["dpo"]
   assert s["steps"] == 2 and s["n_train"] == 4 and s["policy"] == str(tmp_path / "sft" / "hf")
   assert s["export_hf"] == str(tmp_path / "dpo" / "hf")

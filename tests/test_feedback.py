@@ -94,7 +94,8 @@ def test_write_feedback_schema_and_resume(tmp_path):
   assert [r["id"] for r in records] == [f"id{i}" for i in range(5)]
   sig3 = 1 / (1 + math.exp(-3))
   for r in records:
-    assert set(r) == {"id", "prompt", "response_a", "response_b", "p_a", "principles", "source"}
+    assert set(r) == {"id", "prompt", "response_a", "response_b", "p_a", "principles", "source",
+                      "provenance"}
     assert r["source"] == "ai" and r["response_a"] == "nice " + r["prompt"]
     assert r["p_a"] == pytest.approx(sig3)
     assert len(r["principles"]) == 2 and all(p in {"p0", "p1", "p2"} for p in r["principles"])

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from cai_jax.train.checkpoint import Checkpointer
-from cai_jax.train.loop import HookResult, NonFiniteError, restore_or_keep, run_loop
+from cai_jax.train.loop import (HookResult, NonFiniteError, Paused, attached_hooks,
+                                restore_or_keep, run_loop)
 from cai_jax.train.state import TrainState
 
 
@@ -79,13 +80,16 @@ class _Gate:
     return HookResult("continue", metrics={"gate/score": 0.75})
 
 
-def test_a_hook_pause_saves_writes_an_alert_and_a_rerun_resumes_to_the_end(tmp_path):
+def test_a_hook_pause_saves_writes_an_alert_raises_paused_and_a_rerun_resumes_to_the_end(tmp_path):
   gate = _Gate(every=3, pause_at=6)
   ckpt = Checkpointer(tmp_path / "ckpt", keep=5)
   data = [float(i) for i in range(1, 11)]
-  state = run_loop(state=_state(), step_fn=_step(), batches=iter(data), num_steps=10, workdir=tmp_path,
-                   checkpointer=ckpt, hooks=[gate], stage="ppo")
-  assert int(state.step) == 6 and gate.calls == [3, 6]
+  with pytest.raises(Paused, match=r"ppo paused at step 6 \(checkpoint saved; see .*ALERT.txt\): "
+                     r"harmlessness eval fell below 0.5") as paused:
+    run_loop(state=_state(), step_fn=_step(), batches=iter(data), num_steps=10, workdir=tmp_path,
+             checkpointer=ckpt, hooks=[gate], stage="ppo")
+  assert (paused.value.stage, paused.value.step, paused.value.alert) == ("ppo", 6, tmp_path / "ALERT.txt")
+  assert gate.calls == [3, 6]
   assert ckpt.all_steps() == [6]
   assert (tmp_path / "ALERT.txt").read_text() == "ppo step 6: pause: harmlessness eval fell below 0.5\n"
   rows = _lines(tmp_path / "metrics.jsonl")
@@ -97,6 +101,47 @@ def test_a_hook_pause_saves_writes_an_alert_and_a_rerun_resumes_to_the_end(tmp_p
                    checkpointer=Checkpointer(tmp_path / "ckpt"), stage="ppo")
   np.testing.assert_array_equal(state.params["w"], [sum(data)] * 3)
   assert [r["step"] for r in _lines(tmp_path / "metrics.jsonl")] == list(range(1, 11))
+
+
+def test_a_stop_request_saves_writes_the_alert_and_returns(tmp_path):
+  class Stop:
+    every = 2
+
+    def __call__(self, step, state, metrics):
+      return HookResult("stop", "enough") if step == 4 else None
+
+  ckpt = Checkpointer(tmp_path / "ckpt", keep=5)
+  state = run_loop(state=_state(), step_fn=_step(), batches=iter([1.0] * 10), num_steps=10,
+                   workdir=tmp_path, checkpointer=ckpt, hooks=[Stop()], stage="sft")
+  assert int(state.step) == 4 and ckpt.all_steps() == [4]
+  assert (tmp_path / "ALERT.txt").read_text() == "sft step 4: stop: enough\n"
+
+
+def test_on_pause_runs_after_the_checkpoint_and_the_alert_are_written(tmp_path):
+  seen = []
+
+  class Gate:
+    every = 2
+
+    def __call__(self, step, state, metrics):
+      def told(alert):
+        seen.append((alert.read_text(), Checkpointer(tmp_path / "ckpt").all_steps()))
+      return HookResult("pause", "drifted", on_pause=told) if step == 4 else None
+
+  with pytest.raises(Paused):
+    run_loop(state=_state(), step_fn=_step(), batches=iter([1.0] * 10), num_steps=10,
+             workdir=tmp_path, checkpointer=Checkpointer(tmp_path / "ckpt"), hooks=[Gate()], stage="dpo")
+  assert seen == [("dpo step 4: pause: drifted\n", [4])]
+
+
+def test_attached_hooks_run_in_every_loop_inside_the_block_and_only_there(tmp_path):
+  gate = _Gate(every=2, pause_at=-1)
+  with attached_hooks([gate]):
+    run_loop(state=_state(), step_fn=_step(), batches=iter([1.0] * 10), num_steps=5,
+             workdir=tmp_path / "a", checkpointer=None)
+  run_loop(state=_state(), step_fn=_step(), batches=iter([1.0] * 10), num_steps=5,
+           workdir=tmp_path / "b", checkpointer=None)
+  assert gate.calls == [2, 4]
 
 
 def test_eval_runs_every_n_steps_and_is_logged_with_a_prefix(tmp_path):

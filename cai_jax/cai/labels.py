@@ -17,13 +17,15 @@ normalised probability of " (A)" against " (B)":  p = sigmoid(log P(A) - log P(B
 Options (`FeedbackSettings`; the stage `feedback` fills them from its config section):
   - swap: also ask with the responses in the order (B, A) and average
     p_a = (p(A first) + 1 - p(B first)) / 2, cancelling a bias toward a letter;
-  - k_principles: average p_a over k principles drawn at random (with replacement);
+  - k_principles: average p_a over k principles drawn at random (with replacement;
+    uniformly or by tier weight, as Constitution.sample draws);
   - cot: the feedback model first writes reasoning after "Let's think step by step:",
     then "So the answer is:" is scored; the (overconfident) CoT label is clamped into
     [clamp_lo, clamp_hi] (the paper clamps to 40-60%);
   - hard_labels: p_a rounded to 0 or 1 (0.5 stays 0.5).
 Output: preference JSONL {"id", "prompt", "response_a", "response_b", "p_a",
-"principles", "source": "ai"} appended record by record; rerunning resumes.
+"principles", "source": "ai", "provenance": ["<tier>:<layer>:<file>" per principle]}
+appended record by record; rerunning resumes.
 """
 
 from __future__ import annotations
@@ -88,10 +90,13 @@ class Preference:
   p_a: float  # probability that response_a is the better one
   principles: tuple[str, ...]
   source: str = "ai"
+  # Per principle: its tier and provenance, "<tier>:<layer>:<file>".
+  provenance: tuple[str, ...] = ()
 
   def to_json(self) -> str:
     d = dataclasses.asdict(self)
     d["principles"] = list(self.principles)
+    d["provenance"] = list(self.provenance)
     return json.dumps(d, ensure_ascii=False)
 
 
@@ -235,7 +240,8 @@ def write_feedback(prompts, sample_pair: Callable, constitution, logprob_fn: Log
       labels = label_pairs(items, [[pr.feedback for pr in prs] for prs in principles], logprob_fn,
                            s, prefix, generate_fn)
       for p, (a, b), prs, pa in zip(chunk, pairs, principles, labels):
-        rec = Preference(p.id, p.text, a, b, pa, tuple(pr.id for pr in prs))
+        rec = Preference(p.id, p.text, a, b, pa, tuple(pr.id for pr in prs),
+                         provenance=tuple(f"{pr.tier}:{pr.layer}:{pr.source}" for pr in prs))
         f.write(rec.to_json() + "\n")
         written += 1
       f.flush()

@@ -2,10 +2,12 @@
 
 For every red-team prompt (paper §3.1):
   1. the policy answers the prompt;
-  2. n rounds: a principle is drawn uniformly at random (independently per
-     round); the model critiques its current answer under it, then revises it
-     ("direct" mode skips the critique: revision request right after the answer);
-  3. the record keeps every round's principle, critique and revision.
+  2. n rounds: a principle is drawn at random (independently per round;
+     uniformly, or by tier weight: Constitution.sample); the model critiques
+     its current answer under it, then revises it ("direct" mode skips the
+     critique: revision request right after the answer);
+  3. the record keeps every round's principle (with its tier, layer and file),
+     critique and revision.
 Helpfulness prompts get one answer and no rounds (paper: helpful samples are
 mixed into the SFT set).
 
@@ -61,6 +63,9 @@ class Round:
   principle: str
   critique: str | None  # None in direct mode
   revision: str
+  tier: str = ""  # the principle's tier and provenance (the layer and file that defined it)
+  layer: str = ""
+  source: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,7 +186,9 @@ def critique_and_revise(sample, constitution: Constitution, items: Sequence[tupl
     texts = sample([revision_messages(prefix, items[j][1].text, current[j], principles[j], critiques[j])
                     for j in red], [row_ids[j] for j in red], phase=2 + 2 * r)
     for j, text in zip(red, texts):
-      rounds[j].append(Round(principle=principles[j].id, critique=critiques[j], revision=text))
+      p = principles[j]
+      rounds[j].append(Round(principle=p.id, critique=critiques[j], revision=text, tier=p.tier,
+                             layer=p.layer, source=p.source))
       current[j] = text
   return [SLRecord(id=p.id, prompt=p.text, initial=initial[j], rounds=tuple(rounds[j]), kind=kind,
                    model=model_name, config_fingerprint=fp) for j, (kind, p) in enumerate(items)]

@@ -87,6 +87,12 @@ def _drift() -> ConfigDict:
 
 @validator("eval")
 def _validate_eval(c: ConfigDict) -> None:
+  for field in ("batch_size", "max_prompt_len", "cot_max_new_tokens"):
+    if c[field] < 1:
+      raise ValueError(f"eval.{field}: must be >= 1, got {c[field]}")
+  for field in ("limit", "cot_limit"):
+    if c[field] == 0 or c[field] < -1:
+      raise ValueError(f"eval.{field}: expected -1 (all) or a positive count, got {c[field]}")
   if c.cot and not c.judge:
     raise ValueError("eval.cot: the chain-of-thought judge runs only with eval.judge=True "
                      "(got judge=False, cot=True, which would evaluate nothing with CoT)")

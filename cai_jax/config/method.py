@@ -17,8 +17,8 @@ def _sl_data() -> ConfigDict:
       n_rounds=4,  # critique -> revision rounds per red-team prompt (paper: 4)
       mode="critique",  # critique | direct (revision without a critique, for the ablation)
       n_few_shot=5,  # few-shot examples in the prefix (paper: 5)
-      constitution="constitutions/base.toml",  # TOML path, or "paper:<dir>" for the paper's JSON prompts
-      profile="",  # optional context profile TOML layered on top
+      constitution="",  # "" = constitution.path; else this stage's own (TOML path or "paper:<dir>")
+      profile="",  # "" = constitution.profiles; else this stage's own comma list ("none" = no profile)
       few_shot="",  # "" = the constitution's own few-shot file; "none" = no examples; or a TOML path
   ))
 
@@ -30,8 +30,8 @@ def _feedback() -> ConfigDict:
       policy="",  # weights path; "" = <workdir>/sft/hf if present, else config.model (layout.py)
       prompts="red_team",  # prompt spec (data/prompts.py)
       n_prompts=-1,
-      constitution="constitutions/base.toml",  # or "paper:<dir>" for the paper's 16 questions
-      profile="",
+      constitution="",  # "" = constitution.path; else this stage's own ("paper:<dir>": the paper's 16)
+      profile="",  # "" = constitution.profiles; else this stage's own comma list ("none" = no profile)
       few_shot="ours",  # ours | none | a path to the paper's RLMadisonFewShotPrompts.json
       n_few_shot=2,
       k_principles=1,  # ensemble: average the label over k principles drawn per comparison
@@ -60,6 +60,12 @@ def _validate_sl_data(c: ConfigDict) -> None:
 def _validate_feedback(c: ConfigDict) -> None:
   if c.k_principles < 1:
     raise ValueError(f"feedback.k_principles: expected >= 1, got {c.k_principles}")
+  if c.n_prompts == 0 or c.n_prompts < -1:
+    raise ValueError(f"feedback.n_prompts: expected -1 (all) or a positive count, got {c.n_prompts}")
+  if c.n_few_shot < 0:
+    raise ValueError(f"feedback.n_few_shot: must be >= 0, got {c.n_few_shot}")
+  if c.cot_max_new_tokens < 1:
+    raise ValueError(f"feedback.cot_max_new_tokens: must be >= 1, got {c.cot_max_new_tokens}")
   if not 0.0 <= c.clamp_lo <= 0.5 <= c.clamp_hi <= 1.0:
     raise ValueError(f"feedback.clamp_lo/clamp_hi: expected 0 <= lo <= 0.5 <= hi <= 1, "
                      f"got [{c.clamp_lo}, {c.clamp_hi}]")

@@ -87,6 +87,8 @@ def _validate_sampler(c: ConfigDict) -> None:
   for field in ("max_new_tokens", "max_prompt_len", "batch_size"):
     if c[field] <= 0:
       raise ValueError(f"sampler.{field}: must be positive, got {c[field]}")
+  if c.top_k < 0:
+    raise ValueError(f"sampler.top_k: must be >= 0 (0 = off), got {c.top_k}")
 
 
 @validator("mesh")
@@ -94,3 +96,23 @@ def _validate_mesh(c: ConfigDict) -> None:
   for k, v in c.items():
     if v != -1 and v < 1:
       raise ValueError(f"mesh.{k}: must be >= 1 or -1 (fill), got {v}")
+
+
+@validator("distributed")
+def _validate_distributed(c: ConfigDict) -> None:
+  if c.num_processes < -1:
+    raise ValueError(f"distributed.num_processes: expected -1 (detect), 0 (one process) or a "
+                     f"count, got {c.num_processes}")
+  if c.process_id < -1 or (c.num_processes > 0 and c.process_id >= c.num_processes):
+    raise ValueError(f"distributed.process_id: expected -1 (detect) or 0..num_processes-1 "
+                     f"({c.num_processes} processes), got {c.process_id}")
+  if c.num_processes > 1 and (not c.coordinator_address or c.process_id < 0):
+    raise ValueError(f"distributed.coordinator_address / process_id: {c.num_processes} processes "
+                     "need the coordinator's host:port and this process's id (0..n-1); got "
+                     f"{c.coordinator_address!r} and {c.process_id}")
+
+
+@validator("generate")
+def _validate_generate(c: ConfigDict) -> None:
+  if not c.prompt.strip():
+    raise ValueError("generate.prompt: empty; expected the text the model should answer")

@@ -137,9 +137,12 @@ def _validate_sft(c: ConfigDict) -> None:
     raise ValueError(f"sft.on_error: {c.on_error!r}; expected raise or skip")
   if not (c.helpful_fraction == -1 or 0 <= c.helpful_fraction <= 1):
     raise ValueError(f"sft.helpful_fraction: must be in [0, 1] or -1 (natural share), got {c.helpful_fraction}")
-  for field in ("seq_len", "batch_size", "num_steps"):
+  for field in ("seq_len", "batch_size", "num_steps", "keep"):
     if c[field] < 1:
       raise ValueError(f"sft.{field}: must be >= 1, got {c[field]}")
+  for field in ("eval_every", "checkpoint_every", "log_every"):
+    if c[field] < 0:
+      raise ValueError(f"sft.{field}: must be >= 0 (0 = off), got {c[field]}")
   if not 0 <= c.eval_fraction < 1:
     raise ValueError(f"sft.eval_fraction: must be in [0, 1), got {c.eval_fraction}")
   r = c.rounds.replace(" ", "")
@@ -153,8 +156,18 @@ def _validate_rm(c: ConfigDict) -> None:
     raise ValueError(f"rm.human_fraction: expected in [0, 1], got {c.human_fraction}")
   if not 0.0 < c.eval_fraction < 1.0:
     raise ValueError(f"rm.eval_fraction: expected in (0, 1), got {c.eval_fraction}")
-  if c.batch_size < 1 or c.num_steps < 0 or c.max_len < 8:
-    raise ValueError("rm.batch_size/num_steps/max_len: expected >= 1 / >= 0 / >= 8")
+  for field, least in (("batch_size", 1), ("num_steps", 0), ("max_len", 8), ("keep", 1),
+                       ("eval_every", 0), ("checkpoint_every", 0)):
+    if c[field] < least:
+      raise ValueError(f"rm.{field}: expected >= {least}, got {c[field]}")
+  if c.n_human == 0 or c.n_human < -1:
+    raise ValueError(f"rm.n_human: expected -1 (all) or a positive count, got {c.n_human}")
+  if c.human_fraction > 0 and not c.human_data:
+    raise ValueError(f"rm.human_fraction: {c.human_fraction} of each batch from human pairs, but "
+                     "rm.human_data is empty; set rm.human_data=PATH (hh-rlhf JSONL) or "
+                     "rm.human_fraction=0")
+  if c.ai_data == "none" and not c.human_data:
+    raise ValueError("rm.ai_data: 'none' and no rm.human_data leaves no preference pairs")
   validate_optim(c.optim, "rm.optim")
 
 
@@ -176,6 +189,11 @@ def _validate_ppo(c: ConfigDict) -> None:
   if not 0 <= c.gamma <= 1 or not 0 <= c.lam <= 1:
     raise ValueError(f"ppo.gamma / ppo.lam: must be in [0, 1], got {c.gamma}, {c.lam}")
   validate_optim(c.optim, "ppo.optim")
+  for field in ("value_clip_eps", "value_coef", "entropy_coef", "reward_clip", "checkpoint_every"):
+    if c[field] < 0:
+      raise ValueError(f"ppo.{field}: must be >= 0, got {c[field]}")
+  if c.keep < 1:
+    raise ValueError(f"ppo.keep: must be >= 1, got {c.keep}")
   if c.kl_target <= 0 or c.kl_coef < 0 or c.clip_eps <= 0:
     raise ValueError("ppo.kl_target / kl_coef / clip_eps: need kl_target > 0, kl_coef >= 0, "
                      f"clip_eps > 0; got {c.kl_target}, {c.kl_coef}, {c.clip_eps}")

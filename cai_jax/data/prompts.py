@@ -48,18 +48,27 @@ def _read_jsonl(path: pathlib.Path, limit: int | None, dedupe: bool) -> list[Pro
       text, pid = record["prompt"], str(record.get("id", f"{stem}-{line_no:06d}"))
       category = str(record.get("category", ""))
     elif "chosen" in record:
-      text, pid, category = first_human_turn(record["chosen"] or ""), f"{stem}-{line_no:06d}", "hh-rlhf"
+      if not isinstance(record["chosen"], str):
+        raise ValueError(f"{where}:chosen: expected a transcript string, got "
+                         f"{type(record['chosen']).__name__}")
+      text, pid, category = first_human_turn(record["chosen"]), f"{stem}-{line_no:06d}", "hh-rlhf"
       if text is None:
         raise ValueError(f"{where}: field 'chosen' has no '\\n\\nHuman:' turn")
     else:
       raise ValueError(f"{where}: expected a field 'prompt' (cai_jax format) or "
                        f"'chosen' (hh-rlhf format); got fields {sorted(record)}")
-    if not isinstance(text, str) or not text.strip():
-      raise ValueError(f"{where}: the prompt text is empty")
+    field = "prompt" if "prompt" in record else "chosen"
+    if not isinstance(text, str):
+      raise ValueError(f"{where}:{field}: expected a string, got {type(text).__name__}")
+    if not text.strip():
+      raise ValueError(f"{where}:{field}: the prompt text is empty")
     if dedupe and text in seen:
       continue
     seen.add(text)
     prompts.append(Prompt(id=pid, text=text.strip(), category=category))
+  if not prompts and limit != 0:
+    raise ValueError(f"{path}: no prompts (the file holds no JSON lines); expected one "
+                     '{"prompt": ...} or {"chosen": ...} object per line')
   ids = [p.id for p in prompts]
   if len(set(ids)) != len(ids):
     dup = next(i for i in ids if ids.count(i) > 1)

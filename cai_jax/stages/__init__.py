@@ -47,7 +47,10 @@ def run_stage(name: str, config) -> dict:
   from cai_jax import config as config_lib
   from cai_jax.layout import RunLayout
 
+  from cai_jax.stages import common
+
   fn = get(name)
+  common.check_workdir(config.workdir)  # a workdir that is a file fails here, naming it
   path = RunLayout(config.workdir).config_file(name)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_suffix(".tmp")

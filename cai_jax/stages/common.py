@@ -3,9 +3,13 @@ repository-relative paths, the run layout, and the summary line on stdout."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
 import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from cai_jax import sharding
 from cai_jax.layout import RunLayout
@@ -17,7 +21,47 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def layout(config) -> RunLayout:
+  """The run layout of config.workdir, checked first (`check_workdir`)."""
+  check_workdir(config.workdir)
   return RunLayout(config.workdir)
+
+
+def check_workdir(workdir: str) -> None:
+  """Fails early, naming `workdir`, when a run could not write there: it (or a folder above
+  it) is a file (NotADirectoryError), or the folder that would hold it is not writable
+  (PermissionError). Touches nothing."""
+  path = pathlib.Path(workdir or ".").absolute()
+  existing = path
+  while not existing.exists():
+    existing = existing.parent
+  if not existing.is_dir():
+    where = "is a file" if existing == path else f"is inside {existing}, which is a file"
+    raise NotADirectoryError(f"workdir: {workdir} {where}; expected a folder (or a path where "
+                             "one can be made): set --config.workdir=DIR")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    what = "is" if existing == path else f"would be made in {existing}, which is"
+    raise PermissionError(f"workdir: {workdir} {what} not writable; give --config.workdir a "
+                          "folder you can write to")
+
+
+def check_batch_divides_mesh(config, *fields: str) -> None:
+  """Fails before any model is loaded when a batch size (dotted config fields, e.g. "rm.batch_size")
+  cannot be split evenly over the mesh's batch axes (mesh.data x mesh.fsdp): ValueError naming
+  the field, its value and the mesh fields. A mesh that does not fit the devices fails here too."""
+  import jax
+
+  from cai_jax import config as config_lib
+
+  devices = jax.device_count()
+  shape = sharding.resolve_mesh_shape(dict(config.mesh), devices)
+  rows = shape["data"] * shape["fsdp"]
+  for field in fields:
+    value = config_lib.get_field(config, field)
+    if value is not None and value % rows:
+      raise ValueError(
+          f"{field}: {value} rows cannot be split over the mesh's batch axes: mesh.data "
+          f"{shape['data']} x mesh.fsdp {shape['fsdp']} = {rows} ({devices} devices; mesh "
+          f"{dict(config.mesh)}); set {field} to a multiple of {rows} or change mesh.data / mesh.fsdp")
 
 
 def mesh(config):
@@ -37,6 +81,23 @@ def model_spec(config, source: str | None = None) -> ModelSpec:
   return spec if not source or source == spec.source else spec.replace(source=source, preset="")
 
 
+def source_label(spec: ModelSpec) -> str:
+  """The name a loaded model reports as its source (LoadedModel.source), known before loading."""
+  if spec.source == "random":
+    return f"random:{spec.preset}"
+  if spec.source == "embedded":
+    return "embedded"
+  return str(pathlib.Path(spec.source).expanduser())
+
+
+def answer_settings(config, spec: ModelSpec, settings: SamplerSettings) -> dict:
+  """What decides a model's sampled answers (for fingerprints of answer files): the model,
+  the sampler settings except the batch size (rows are seeded by their ids) and the seed."""
+  sampler = dataclasses.asdict(settings)
+  del sampler["batch_size"]
+  return {"model": dataclasses.asdict(spec), "sampler": sampler, "seed": config.seed}
+
+
 def load(config, mesh_, rules: str, source: str | None = None) -> LoadedModel:
   return load_model(model_spec(config, source), mesh_, rules=rules)
 
@@ -51,6 +112,53 @@ def judge_settings(config) -> SamplerSettings:
   refusal judge): eval.batch_size rows, at least eval.max_prompt_len prompt tokens."""
   return sampler_settings(config, batch_size=config.eval.batch_size,
                           max_prompt_len=max(config.sampler.max_prompt_len, config.eval.max_prompt_len))
+
+
+SETTINGS_FILE = "settings.json"  # a training stage's fingerprint, in its checkpoints folder
+# Training settings that decide when things are logged, evaluated or saved, not the weights.
+NOT_IN_FINGERPRINT = ("eval_every", "checkpoint_every", "keep", "log_every")
+
+
+def data_hash(items: Sequence[Any]) -> str:
+  """A fingerprint of training data: dataclass records (Pair, Example, ...) or JSON values."""
+  from cai_jax.data import fingerprint
+  rows = [dataclasses.astuple(x) if dataclasses.is_dataclass(x) else x for x in items]
+  return fingerprint.settings_fingerprint({"items": rows})
+
+
+def training_settings(config, settings: Any, data: Mapping[str, tuple[str, Sequence[Any]]],
+                      source: str | None = None) -> dict:
+  """What decides a training stage's weights, for `check_training_settings`: the starting
+  model (config.model, or `source`), each data set {name: (path, records)} as its path,
+  size and hash, and the stage's settings dataclass without NOT_IN_FINGERPRINT."""
+  train = {k: v for k, v in dataclasses.asdict(settings).items() if k not in NOT_IN_FINGERPRINT}
+  return {"model": dataclasses.asdict(model_spec(config, source)),
+          "data": {name: {"path": str(path), "n": len(items), "hash": data_hash(items)}
+                   for name, (path, items) in data.items()},
+          "training": train}
+
+
+
+def check_training_settings(layout_: RunLayout, stage: str, settings: dict) -> str:
+  """Refuses (ValueError naming the changed fields) to resume training stage `stage` from
+  checkpoints made with other settings; records `settings` beside the checkpoints otherwise.
+
+  The record sits in <stage>/checkpoints/settings.json (orbax ignores the file). A record
+  with no checkpoint beside it (a run that failed before its first save) is replaced;
+  checkpoints with no record (an older version, or a deleted record) are refused."""
+  from cai_jax.data import fingerprint
+
+  directory = layout_.checkpoints(stage)
+  path = directory / SETTINGS_FILE
+  saved = directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+  start_over = f"use a new workdir, or delete {directory} to train {stage} again from step 0"
+  if saved and not path.is_file():
+    raise ValueError(f"{directory}: checkpoints without a record of the settings that made them "
+                     f"({path} is missing), so resuming them could mix settings; {start_over}")
+  if path.is_file() and not saved:
+    path.unlink()
+  return fingerprint.check_or_write(path, settings, f"the {stage} checkpoints in {directory}",
+                                    start_over)
 
 
 def repo_path(path: str) -> str:

@@ -9,7 +9,9 @@ present, else config.model) and the frozen reference is dpo.reference (default
 the starting policy). The loss is dpo.loss from the registry (dpo, ipo,
 soft_dpo, robust_dpo). Writes <workdir>/dpo/ (checkpoints/, metrics.jsonl, tb/,
 reference_logprobs.npz, curves.png, summary.json, hf/: the trained policy as HF
-safetensors); a rerun resumes bit-identically.
+safetensors); a rerun resumes bit-identically. With checkpoint.enabled the
+constitutional checkpoint watches the policy's drift from the starting policy
+(stages/guarding.py; a pause exits with code 3 until acknowledged).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pathlib
 
 from cai_jax import losses, report
 from cai_jax.data import preferences as prefs
-from cai_jax.stages import common
+from cai_jax.stages import common, guarding
 from cai_jax.train import dpo, loop
 
 logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every file it renames
@@ -52,9 +54,12 @@ def run(config) -> dict:
       eval_fraction=c.eval_fraction, eval_every=c.eval_every, checkpoint_every=c.checkpoint_every,
       keep=c.keep, log_every=c.log_every, seed=c.seed)
   workdir = layout.stage_dir("dpo")
-  summary = dpo.train_dpo(policy, pairs, settings, workdir, mesh, reference=reference,
-                          reference_label=c.reference or source, export_to=layout.dpo_export)
+  guards = guarding.hooks(config, "dpo", policy, mesh, workdir)
+  with loop.attached_hooks(guards):
+    summary = dpo.train_dpo(policy, pairs, settings, workdir, mesh, reference=reference,
+                            reference_label=c.reference or source, export_to=layout.dpo_export)
   records = loop.read_metrics(layout.metrics("dpo"), "dpo")
   png = report.plot_stage(records, "dpo", workdir / "curves.png", keys=CURVES)
-  summary.update(policy=source, reference=c.reference or source, curves=str(png) if png else None)
+  summary.update(policy=source, reference=c.reference or source, curves=str(png) if png else None,
+                 checkpoint=guarding.summary(guards))
   return common.finish("dpo", summary, layout.summary("dpo"))

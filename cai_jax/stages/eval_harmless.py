@@ -17,8 +17,14 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
+import re
 import types
+import zlib
 
+from tqdm import tqdm
+
+from cai_jax.data import fingerprint
+from cai_jax.data.jsonl import ResumableRecords, iter_jsonl
 from cai_jax.data.prompts import load_prompts
 from cai_jax.evals import harmlessness
 from cai_jax.models.reward import load_reward_model
@@ -62,14 +68,6 @@ def load_evaluator(config, mesh=None, text_model=None) -> harmlessness.ScoreFn:
                                            max_len=c.max_len, batch_size=c.batch_size, mesh=mesh)
 
 
-def _answers(config, source: str, mesh, messages) -> tuple[list[str], object]:
-  """One answer per prompt from the model at `source` (the shared sampler settings and seed)."""
-  loaded = common.load(config, mesh, rules="sample", source=source)
-  sampler = TextSampler(loaded, common.sampler_settings(
-      config, max_new_tokens=config.harmless.max_new_tokens), mesh=mesh, seed=config.seed)
-  return sampler.chat(messages), loaded
-
-
 def _evaluator_accuracy(config) -> float | None:
   """Held-out accuracy from the harmless-rm summary.json beside the evaluator, if there is one."""
   summary = evaluator_dir(config).parent / "summary.json"
@@ -84,7 +82,6 @@ def run(config) -> dict:
   prompts = load_prompts(common.repo_path(c.prompts), common.limit(c.n_prompts))
   if not prompts:
     raise ValueError(f"harmless.prompts: {c.prompts!r} gave no prompts")
-  mesh = common.eval_mesh(config)
   if c.policy:
     policies = [s.strip() for s in c.policy.split(",") if s.strip()]
     common.say_start_model(f"{STAGE} (scored models)", ", ".join(policies), "set in the config")
@@ -95,40 +92,121 @@ def run(config) -> dict:
   baseline = c.baseline or config.model.source
   common.say_start_model(f"{STAGE} (baseline)", baseline,
                          "set in the config" if c.baseline else "config.model")
-  messages = [[{"role": "user", "content": p.text}] for p in prompts]
-  # One model on the device at a time; a model that is the baseline reuses its samples.
-  base_answers, base_loaded = _answers(config, baseline, mesh, messages)
-  text_model = (types.SimpleNamespace(tokenizer=base_loaded.tokenizer, chat=base_loaded.chat)
-                if baseline == config.model.source else None)
-  base_loaded = None
-  answers = {}
-  for policy in policies:
-    if policy == baseline:
-      log.info("%s: %s is the baseline; its answers are the same samples", STAGE, policy)
-      answers[policy] = base_answers
-    else:
-      answers[policy], _ = _answers(config, policy, mesh, messages)
-  score_fn = load_evaluator(config, mesh, text_model)
-  texts = [p.text for p in prompts]
-  results = [(policy, harmlessness.harmlessness_score(score_fn, texts, answers[policy], base_answers))
-             for policy in policies]
-
   out = layout.stage_dir(STAGE)
-  out.mkdir(parents=True, exist_ok=True)
-  with open(out / "answers.jsonl", "w") as f:
-    for policy, result in results:
-      for i, p in enumerate(prompts):
-        f.write(json.dumps(dict(model=policy, id=p.id, category=p.category, prompt=p.text,
-                                answer=answers[policy][i], score=result.scores[i],
-                                baseline_answer=base_answers[i],
-                                baseline_score=result.baseline_scores[i])) + "\n")
-  summary = dict(baseline=baseline, evaluator=str(evaluator),
-                 evaluator_heldout_accuracy=_evaluator_accuracy(config), prompts=c.prompts,
-                 n=len(prompts), models=[dict(model=policy, **r.summary()) for policy, r in results])
-  last, last_result = results[-1]  # the pipeline lists the final (most trained) model last
-  harmlessness.plot(last_result, out / "harmless.png", ("model", "baseline"),
-                    f"harmlessness: {last} vs {baseline}")
+  with fingerprint.stage_lock(out):
+    stores = _answer_stores(config, out, list(dict.fromkeys([baseline] + policies)))
+    mesh = common.eval_mesh(config)
+    # One model on the device at a time; a model that is the baseline reuses its samples.
+    answers, text_model = {}, None
+    for source, store in stores.items():
+      if source in policies and source == baseline:
+        log.info("%s: %s is the baseline; its answers are the same samples", STAGE, source)
+      answers[source], loaded = store.answer_all(config, prompts, mesh)
+      if loaded is not None and source == config.model.source:
+        text_model = types.SimpleNamespace(tokenizer=loaded.tokenizer, chat=loaded.chat)
+      loaded = None
+    base_answers = answers[baseline]
+    score_fn = load_evaluator(config, mesh, text_model)
+    texts = [p.text for p in prompts]
+    results = [(policy, harmlessness.harmlessness_score(score_fn, texts, answers[policy],
+                                                        base_answers)) for policy in policies]
+    rows = [dict(model=policy, id=p.id, category=p.category, prompt=p.text,
+                 answer=answers[policy][i], score=result.scores[i],
+                 baseline_answer=base_answers[i], baseline_score=result.baseline_scores[i])
+            for policy, result in results for i, p in enumerate(prompts)]
+    fingerprint.write_atomically(out / "answers.jsonl",
+                                 "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    _write_recorded(out, stores)
+    summary = dict(baseline=baseline, evaluator=str(evaluator),
+                   evaluator_heldout_accuracy=_evaluator_accuracy(config), prompts=c.prompts,
+                   n=len(prompts), models=[dict(model=policy, **r.summary()) for policy, r in results])
+    last, last_result = results[-1]  # the pipeline lists the final (most trained) model last
+    harmlessness.plot(last_result, out / "harmless.png", ("model", "baseline"),
+                      f"harmlessness: {last} vs {baseline}")
+    for store in stores.values():
+      store.log.remove()  # answers.jsonl and its settings file now hold everything
   for row in summary["models"]:
     log.info("%s: %s: mean %.3f vs baseline %.3f, win rate %.2f %s", STAGE, row["model"],
              row["mean_score"], row["baseline_mean_score"], row["win_rate"], row["win_rate_ci95"])
   return common.finish(STAGE, summary, out / "harmless.json")
+
+
+# ----------------------------------------------------------------------------- resumable answers
+
+SETTINGS_FILE = "answers.settings.json"  # each answering model's settings, beside answers.jsonl
+
+
+class _AnswerStore:
+  """One model's answers to the prompts: those on disk (a finished answers.jsonl made with
+  the same settings, or a killed run's partial file) and the rest, sampled and appended."""
+
+  def __init__(self, config, out: pathlib.Path, source: str, recorded: dict, finished: dict):
+    self.source = source
+    self.settings = common.answer_settings(config, common.model_spec(config, source),
+                                           common.sampler_settings(
+                                               config, max_new_tokens=config.harmless.max_new_tokens))
+    what = f"the eval-harmless answers of {source} in {out / 'answers.jsonl'}"
+    if source in recorded:
+      fingerprint.check_settings(recorded[source], self.settings, what, out / SETTINGS_FILE,
+                                 f"use a new workdir, or delete {out} to evaluate again")
+    self.finished = finished if source in recorded else {}
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", "_".join(pathlib.Path(source).parts[-2:]))[:60]
+    self.log = ResumableRecords(out / f".answers_{name}.partial.jsonl", self.settings, what)
+
+  def _cached(self, prompt) -> str | None:
+    record = self.log.done.get(prompt.id) or self.finished.get(prompt.id)
+    if record is None:
+      return None
+    if record["prompt"] != prompt.text:
+      raise ValueError(f"harmless.prompts: prompt {prompt.id!r} differs from the one answered "
+                       f"before in {self.log.path.parent} (the prompt set changed); use a new "
+                       f"workdir, or delete {self.log.path.parent} to evaluate again")
+    return record["answer"]
+
+  def answer_all(self, config, prompts, mesh):
+    """(an answer per prompt, the loaded model or None when every answer was on disk)."""
+    have = {p.id: self._cached(p) for p in prompts}
+    todo = [p for p in prompts if have[p.id] is None]
+    loaded = None
+    if todo:
+      loaded = common.load(config, mesh, rules="sample", source=self.source)
+      settings = common.sampler_settings(config, max_new_tokens=config.harmless.max_new_tokens)
+      sampler = TextSampler(loaded, settings, mesh=mesh, seed=config.seed)
+      log.info("%s: %s: %d answers on disk, %d to sample", STAGE, self.source,
+               len(prompts) - len(todo), len(todo))
+      chunk = 4 * settings.batch_size
+      with tqdm(total=len(todo), unit="prompt", desc=f"answers ({self.source})") as bar:
+        for start in range(0, len(todo), chunk):
+          part = todo[start:start + chunk]
+          # Rows seeded by the prompt id: the same sample whatever the chunking or resume point.
+          got = sampler.chat([[{"role": "user", "content": p.text}] for p in part],
+                             row_ids=[zlib.crc32(p.id.encode()) for p in part])
+          self.log.add([{"id": p.id, "prompt": p.text, "answer": a} for p, a in zip(part, got)])
+          have.update((p.id, a) for p, a in zip(part, got))
+          bar.update(len(part))
+    return [have[p.id] for p in prompts], loaded
+
+
+def _answer_stores(config, out: pathlib.Path, sources: list[str]) -> dict[str, _AnswerStore]:
+  """A store per answering model; every model's settings are checked before any loads."""
+  recorded, finished = {}, {}
+  if (out / SETTINGS_FILE).is_file():
+    stored = fingerprint.read_settings_file(out / SETTINGS_FILE)
+    recorded = stored.get("models", {})
+    try:
+      for _, r in iter_jsonl(out / "answers.jsonl"):
+        finished.setdefault(r["model"], {})[r["id"]] = r
+        finished.setdefault(stored["baseline"], {})[r["id"]] = dict(r, answer=r["baseline_answer"])
+    except (ValueError, KeyError) as e:  # absent, or torn by a kill while it was rewritten
+      log.info("%s: no finished answers to reuse (%s)", STAGE, e)
+      finished = {}
+  return {s: _AnswerStore(config, out, s, recorded, finished.get(s, {})) for s in sources}
+
+
+def _write_recorded(out: pathlib.Path, stores: dict[str, _AnswerStore]) -> None:
+  """answers.settings.json: the baseline (the first store) and every model's settings."""
+  models = {s: fingerprint.settings_record(st.settings, f"answers of {s}") for s, st in stores.items()}
+  record = dict(what="the settings of each model whose answers are in answers.jsonl",
+                baseline=next(iter(stores)), models=models)
+  record["fingerprint"] = fingerprint.settings_fingerprint(models)
+  fingerprint.write_atomically(out / SETTINGS_FILE, json.dumps(record, indent=1, sort_keys=True))

@@ -9,18 +9,30 @@ Answers are classified by evals/refusal.py (refusal.backend: "rules", or "judge"
 config.model scoring the classes). Writes <workdir>/safety/answers_<i>_<model>.jsonl,
 safety.json (per model rates and per type; each further model against the first with
 McNemar's test) and frontier.png (ORR vs UCR, one point per model).
+
+Resumable: answers are appended to a hidden .answers_<i>_<model>.partial.jsonl as they
+come (its first line: the settings that made them), so a killed run continues where it
+stopped, with the answers an unbroken run gives (each prompt's randomness comes from its
+id). safety.json records each answer file's settings; a rerun reuses finished answers
+when they match and refuses when they do not, naming what changed. One run at a time.
 """
 
 from __future__ import annotations
 
 import json
+import pathlib
 import re
 
 from tqdm import tqdm
 
+from cai_jax.data import fingerprint
+from cai_jax.data.jsonl import ResumableRecords, iter_jsonl
 from cai_jax.evals import refusal, safety
 from cai_jax.sampling import TextSampler
 from cai_jax.stages import common
+
+STAGE = "eval-safety"
+
 
 def short_name(source: str) -> str:
   """A file-name-safe short model name: the last path parts, e.g. "sft_hf" for runs/x/sft/hf."""
@@ -28,15 +40,20 @@ def short_name(source: str) -> str:
   return re.sub(r"[^A-Za-z0-9._-]+", "_", "_".join(parts) or "model")[:60]
 
 
-def answer_all(sampler: TextSampler, items: list[safety.SafetyPrompt], chunk: int) -> list[str]:
+def answer_all(sampler: TextSampler, items: list[safety.SafetyPrompt], chunk: int,
+               on_chunk=None) -> list[str]:
   """The model's chat answer to every prompt; row ids from the prompt ids, so a prompt draws
-  the same randomness under every model (step=None: one key for the whole evaluation)."""
+  the same randomness under every model (step=None: one key for the whole evaluation).
+  `on_chunk(items, answers)` is called after each chunk (the stage appends them to disk)."""
   answers: list[str] = []
   with tqdm(total=len(items), unit="prompt", desc=f"answers ({sampler.source})") as bar:
     for start in range(0, len(items), chunk):
       part = items[start:start + chunk]
-      answers += sampler.chat([[{"role": "user", "content": it.prompt}] for it in part],
-                              step=None, row_ids=[it.row_seed for it in part])
+      got = sampler.chat([[{"role": "user", "content": it.prompt}] for it in part],
+                         step=None, row_ids=[it.row_seed for it in part])
+      if on_chunk is not None:
+        on_chunk(part, got)
+      answers += got
       bar.update(len(part))
   return answers
 
@@ -47,52 +64,115 @@ def classifier(backend: str, judge: TextSampler | None) -> safety.Classifier:
                                                   judge=judge if backend == "judge" else None)
 
 
+def _recorded(out: pathlib.Path) -> dict:
+  """answer file name -> its settings record, from a previous run's safety.json."""
+  path = out / "safety.json"
+  if not path.is_file():
+    return {}
+  try:
+    return dict(json.loads(path.read_text()).get("answer_settings") or {})
+  except (json.JSONDecodeError, AttributeError):
+    return {}  # a torn summary from an older version: the answers are sampled again
+
+
+class _Plan:
+  """One model's answers: where they go, the settings that make them, what is done."""
+
+  def __init__(self, config, out: pathlib.Path, i: int, source: str | None, settings,
+               recorded: dict):
+    self.spec = common.model_spec(config, source)
+    self.name = common.source_label(self.spec)
+    self.path = out / f"answers_{i}_{short_name(self.name)}.jsonl"
+    self.settings = common.answer_settings(config, self.spec, settings)
+    what = f"the eval-safety answers of model {i} ({self.name}) in {self.path}"
+    previous = recorded.get(self.path.name)
+    if previous is not None:
+      fingerprint.check_settings(previous, self.settings, what, out / "safety.json",
+                                 f"use a new workdir, or delete {out} to evaluate again")
+    self.log = ResumableRecords(out / f".{self.path.stem}.partial.jsonl", self.settings, what)
+    self.finished = {}
+    if previous is not None and self.path.is_file():
+      try:
+        self.finished = {r["id"]: r for _, r in iter_jsonl(self.path)}
+      except (ValueError, KeyError) as e:  # torn by a kill while it was rewritten
+        common.log.warning("%s: %s; its answers are sampled again", STAGE, e)
+
+  def cached(self, item: safety.SafetyPrompt) -> str | None:
+    """The answer already on disk for `item`, or None; a changed prompt text is refused."""
+    record = self.log.done.get(item.id) or self.finished.get(item.id)
+    if record is None:
+      return None
+    if record.get("prompt") != item.prompt:
+      raise ValueError(f"{item.where}: prompt {item.id!r} differs from the one answered in "
+                       f"{self.path} (the prompt file changed); use a new workdir, or delete "
+                       f"{self.path.parent} to evaluate again")
+    return record["answer"]
+
+  def save(self, part: list[safety.SafetyPrompt], answers: list[str]) -> None:
+    self.log.add([{"id": it.id, "prompt": it.prompt, "answer": a} for it, a in zip(part, answers)])
+
+
 def run(config) -> dict:
   s, layout = config.safety, common.layout(config)
   path = common.repo_path(s.data) if s.data else safety.builtin_safety_path()
   items = safety.load_safety_prompts(path, s.limit)
-  sources = [config.model.source] + [m.strip() for m in s.models.split(",") if m.strip()]
-  mesh = common.eval_mesh(config)
+  sources = [None] + [m.strip() for m in s.models.split(",") if m.strip()]
   settings = common.sampler_settings(config, max_new_tokens=s.max_new_tokens)
   backend = config.refusal.backend
-  judge = None
-  answers, names = [], []
-  for i, source in enumerate(sources):
-    # Model 0 is config.model itself; the others replace only its source (common.model_spec).
-    loaded = common.load(config, mesh, rules="sample", source=source if i else None)
-    common.say_start_model(f"eval-safety (model {i})", loaded.source,
-                           "config.model" if i == 0 else "safety.models")
-    sampler = TextSampler(loaded, settings, mesh=mesh, seed=config.seed)
-    answers.append(answer_all(sampler, items, 4 * settings.batch_size))
-    names.append(loaded.source)
-    if i == 0 and backend == "judge":
-      # config.model stays loaded as the judge, with room for the judge's long prompt.
-      judge = TextSampler(loaded, common.judge_settings(config), mesh=mesh, seed=config.seed)
-    del loaded, sampler  # free each model's params before the next loads
+  out = layout.stage_dir(STAGE)
+  with fingerprint.stage_lock(out):
+    # Every model's settings are checked before any model is loaded.
+    recorded = _recorded(out)
+    plans = [_Plan(config, out, i, source, settings, recorded) for i, source in enumerate(sources)]
+    mesh = common.eval_mesh(config)
+    judge, answers = None, []
+    for i, plan in enumerate(plans):
+      have = {it.id: plan.cached(it) for it in items}
+      todo = [it for it in items if have[it.id] is None]
+      if todo or (i == 0 and backend == "judge"):
+        # Model 0 is config.model itself; the others replace only its source (common.model_spec).
+        loaded = common.load(config, mesh, rules="sample", source=sources[i])
+        common.say_start_model(f"{STAGE} (model {i})", loaded.source,
+                               "config.model" if i == 0 else "safety.models")
+        sampler = TextSampler(loaded, settings, mesh=mesh, seed=config.seed)
+        common.log.info("%s: model %d: %d answers on disk, %d to sample", STAGE, i,
+                        len(items) - len(todo), len(todo))
+        new = answer_all(sampler, todo, 4 * settings.batch_size, plan.save)
+        have.update((it.id, a) for it, a in zip(todo, new))
+        if i == 0 and backend == "judge":
+          # config.model stays loaded as the judge, with room for the judge's long prompt.
+          judge = TextSampler(loaded, common.judge_settings(config), mesh=mesh, seed=config.seed)
+        del loaded, sampler  # free each model's params before the next loads
+      answers.append([have[it.id] for it in items])
+    summary = _write_results(config, items, plans, answers, classifier(backend, judge), out, path)
+    for plan in plans:
+      plan.log.remove()  # the finished answer files and safety.json now hold everything
+  print(safety.table(summary.pop("_points")), flush=True)
+  return common.finish(STAGE, summary)
 
-  classify = classifier(backend, judge)
-  out = layout.stage_dir("eval-safety")
-  out.mkdir(parents=True, exist_ok=True)
+
+def _write_results(config, items, plans, answers, classify, out: pathlib.Path, path) -> dict:
+  """Classes, answer files, safety.json (with each answer file's settings) and the frontier."""
+  backend, names = config.refusal.backend, [p.name for p in plans]
   classes, points, models = [], {}, []
-  for i, (name, ans) in enumerate(zip(names, answers)):
+  for i, (plan, ans) in enumerate(zip(plans, answers)):
     cls = safety.classify_answers(items, ans, classify)
-    answers_path = out / f"answers_{i}_{short_name(name)}.jsonl"
-    safety.write_answers(answers_path, items, ans, cls, name)
+    safety.write_answers(plan.path, items, ans, cls, plan.name)
     r = safety.rates(items, cls)
-    points[f"{i}: {name}"] = r
+    points[f"{i}: {plan.name}"] = r
     classes.append(cls)
-    models.append(dict(model=name, answers=str(answers_path), **r.summary()))
-
+    models.append(dict(model=plan.name, answers=str(plan.path), **r.summary()))
   comparisons = [dict(a=names[0], b=names[i], **safety.compare(items, classes[0], classes[i]))
                  for i in range(1, len(names))]
   summary = dict(models=[{k: v for k, v in m.items() if k != "per_type"} for m in models],
                  comparisons=comparisons, backend=backend,
                  n_safe=sum(it.label == "safe" for it in items),
                  n_unsafe=sum(it.label == "unsafe" for it in items), data=str(path),
-                 max_new_tokens=s.max_new_tokens, frontier=str(out / "frontier.png"))
-  (out / "safety.json").write_text(json.dumps(
-      dict(summary, stage="eval-safety", models=models), indent=1))  # per type only here: long
+                 max_new_tokens=config.safety.max_new_tokens, frontier=str(out / "frontier.png"))
+  recorded = {p.path.name: fingerprint.settings_record(p.settings, f"answers of {p.name}")
+              for p in plans}
+  fingerprint.write_atomically(out / "safety.json", json.dumps(  # per type only here: long
+      dict(summary, stage=STAGE, models=models, answer_settings=recorded), indent=1))
   safety.plot_frontier(points, out / "frontier.png",
                        f"Safety vs over-refusal ({len(items)} prompts, {backend} classifier)")
-  print(safety.table(points), flush=True)
-  return common.finish("eval-safety", summary)
+  return dict(summary, _points=points)

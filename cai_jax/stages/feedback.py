@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import itertools
 
-from cai_jax import constitution as constitution_lib
 from cai_jax.cai import labels
 from cai_jax.data.prompts import load_prompts
 from cai_jax.sampling import TextSampler
 from cai_jax.stages import common
+from cai_jax.stages import constitution as constitution_stage
 
 
 def few_shot(c) -> str:
@@ -47,8 +47,8 @@ def run(config) -> dict:
   source, why = layout.start_model(c.policy, config.model.source)
   common.say_start_model("feedback (policy)", source, why)
   policy = judge if source == config.model.source else common.load(config, mesh, "sample", source)
-  constitution = constitution_lib.load(common.repo_path(c.constitution),
-                                       profile=common.repo_path(c.profile) or None, few_shot="")
+  # The constitution section's (feedback.constitution/profile override its path and profiles).
+  constitution = constitution_stage.from_config(config, "feedback", few_shot="")
   prompts = load_prompts(common.repo_path(c.prompts), limit=common.limit(c.n_prompts))
   settings = common.sampler_settings(config)
   policy_sampler = TextSampler(policy, settings, mesh=mesh, seed=config.seed)
@@ -62,4 +62,5 @@ def run(config) -> dict:
   n = labels.write_feedback(prompts, sample_pair, constitution, judge_sampler.logprobs, out, s,
                             few_shot(c), reasoning, batch_size=settings.batch_size)
   return common.finish("feedback", dict(out=str(out), new_records=n, policy=source,
-                                        judge=judge.source))
+                                        judge=judge.source,
+                                        constitution=constitution_stage.describe(constitution)))

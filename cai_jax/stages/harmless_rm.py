@@ -7,14 +7,17 @@ The trunk is always config.model, never the SFT policy, and no AI labels are
 mixed in: the evaluator must share nothing with the policy's training.
 Reads harmless.data ({"chosen", "rejected"} transcripts; first harmless.n_pairs);
 writes <workdir>/harmless_rm/ (checkpoints/, metrics.jsonl, tb/, summary.json,
-model/); a rerun resumes. Summary: held-out pair accuracy (95% Wilson interval),
-Brier score and ECE, n_train, n_heldout, steps.
+model/); a rerun resumes, and is refused when the pairs or a setting that shapes
+the weights changed (checkpoints/settings.json); a second run at once is refused.
+Summary: held-out pair accuracy (95% Wilson interval), Brier score and ECE,
+n_train, n_heldout, steps.
 """
 
 from __future__ import annotations
 
 import pathlib
 
+from cai_jax.data import fingerprint
 from cai_jax.data import preferences as prefs
 from cai_jax.evals.multiple_choice import wilson_interval
 from cai_jax.stages import common
@@ -49,18 +52,22 @@ def load_pairs(config) -> list[prefs.Pair]:
 
 def run(config) -> dict:
   c, layout = config.harmless, common.layout(config)
+  common.check_batch_divides_mesh(config, "harmless.batch_size")
   pairs = load_pairs(config)
-  mesh = common.mesh(config)
-  trunk = common.load(config, mesh, rules="train")
-  common.say_start_model(f"{STAGE} (trunk)", trunk.source,
-                         "config.model; never the SFT policy, so the evaluator is independent")
   settings = reward.RMSettings(
       optim=c.optim.to_dict(), max_len=c.max_len, batch_size=c.batch_size, num_steps=c.num_steps,
       human_fraction=1.0, eval_fraction=c.eval_fraction, eval_every=c.eval_every,
       checkpoint_every=c.checkpoint_every, keep=c.keep, seed=c.seed)
+  described = common.training_settings(config, settings, {"human": (common.repo_path(c.data), pairs)})
   # train_reward_model holds out the same pairs (a hash of each id); counted here for the summary.
   train, held = prefs.split_heldout(pairs, c.eval_fraction, c.seed)
-  metrics = reward.train_reward_model(trunk, [], pairs, settings, layout.stage_dir(STAGE), mesh)
+  with fingerprint.stage_lock(layout.stage_dir(STAGE)):
+    common.check_training_settings(layout, STAGE, described)
+    mesh = common.mesh(config)
+    trunk = common.load(config, mesh, rules="train")
+    common.say_start_model(f"{STAGE} (trunk)", trunk.source,
+                           "config.model; never the SFT policy, so the evaluator is independent")
+    metrics = reward.train_reward_model(trunk, [], pairs, settings, layout.stage_dir(STAGE), mesh)
   summary = dict(model=trunk.source, data=common.repo_path(c.data), n_train=len(train),
                  n_heldout=len(held), steps=metrics["step"], heldout_accuracy=None,
                  heldout_accuracy_ci95=None, heldout_brier=None, heldout_ece=None)

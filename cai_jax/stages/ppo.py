@@ -26,6 +26,7 @@ import jax
 from cai_jax import constitution as constitution_lib
 from cai_jax import losses, report, weights
 from cai_jax.cai.direct_reward import DirectAIReward, DirectRewardSettings
+from cai_jax.data import fingerprint
 from cai_jax.data.prompts import load_prompts
 from cai_jax.models.reward import load_reward_model, reward_scores
 from cai_jax.sampling import TextSampler
@@ -140,8 +141,27 @@ def build_with_model(config, mesh=None):
 
 def run(config) -> dict:
   c, layout = config.ppo, common.layout(config)
+  common.check_batch_divides_mesh(config, "ppo.minibatch_size", "ppo.rollout_batch_size")
   workdir = layout.stage_dir("ppo")
   workdir.mkdir(parents=True, exist_ok=True)
+  with fingerprint.stage_lock(workdir):
+    return _run_locked(config, c, layout, workdir)
+
+
+def described_settings(config) -> dict:
+  """What decides the PPO run's weights (refused on resume when changed): the starting policy,
+  the prompts and every ppo field except how often it checkpoints and how many it keeps."""
+  c = config.ppo
+  source, _ = common.layout(config).start_model(c.policy, config.model.source)
+  texts = prompt_texts(c.prompts)
+  return {"model": dataclasses.asdict(common.model_spec(config, source)),
+          "data": {"prompts": {"spec": c.prompts, "n": len(texts), "hash": common.data_hash(texts)}},
+          "training": {k: v for k, v in c.to_dict().items() if k not in ("checkpoint_every", "keep")},
+          "seed": config.seed}
+
+
+def _run_locked(config, c, layout, workdir) -> dict:
+  common.check_training_settings(layout, "ppo", described_settings(config))
   state, shardings, iteration, loaded = build_with_model(config)
   checkpointer = checkpoint.Checkpointer(layout.checkpoints("ppo"), keep=c.keep)
   state, extra = loop.restore_or_keep(checkpointer, state, shardings)

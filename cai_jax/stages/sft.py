@@ -7,6 +7,9 @@ Reads sft.data (default: this workdir's sl_data/sl_cai.jsonl), writes
 sft.export_hf == "none", the policy as HF safetensors (default <workdir>/sft/hf).
 A rerun resumes from the newest readable checkpoint, data iterator included.
 The loss is sft.loss (a registry name; config.loss_modules is imported first).
+With checkpoint.enabled the constitutional checkpoint watches the policy's drift
+from the starting model and pauses the run past a threshold (stages/guarding.py;
+exit code 3 from the CLI; rerun with --config.checkpoint.ack=<alert id>).
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ import jax
 
 from cai_jax import losses, weights
 from cai_jax.data.pipeline import DataReport, read_sl_cai, tokenize_examples
-from cai_jax.stages import common
-from cai_jax.train import sft
+from cai_jax.stages import common, guarding
+from cai_jax.train import loop, sft
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +55,14 @@ def run(config) -> dict:
       num_steps=c.num_steps, helpful_fraction=c.helpful_fraction, eval_every=c.eval_every,
       checkpoint_every=c.checkpoint_every, keep=c.keep, log_every=c.log_every, loss=c.loss,
       seed=c.seed)
-  state, summary = sft.fine_tune(loaded, items, held_items, settings, layout.stage_dir("sft"), mesh)
+  guards = guarding.hooks(config, "sft", loaded, mesh, layout.stage_dir("sft"))
+  with loop.attached_hooks(guards):
+    state, summary = sft.fine_tune(loaded, items, held_items, settings, layout.stage_dir("sft"), mesh)
   export = None
   if c.export_hf != "none":
     export = pathlib.Path(c.export_hf) if c.export_hf else layout.sft_export
     weights.export_hf(export, loaded.cfg, jax.device_get(state.params), tok)
     log.info("sft: exported HF safetensors to %s", export)
   summary.update(loss=c.loss, data=report.summary(), skipped=dict(report.skipped),
-                 export_hf=str(export) if export else None)
+                 export_hf=str(export) if export else None, checkpoint=guarding.summary(guards))
   return common.finish("sft", summary, layout.summary("sft"))

@@ -15,13 +15,15 @@ from cai_jax.cai import revision
 from cai_jax.data.prompts import load_prompts
 from cai_jax.sampling import TextSampler
 from cai_jax.stages import common
+from cai_jax.stages import constitution as constitution_stage
 
 
-def load_constitution(c) -> constitution_lib.Constitution:
-  """The constitution (+ profile, few-shot examples) named by a config section."""
+def load_constitution(config) -> constitution_lib.Constitution:
+  """The constitution section's constitution (sl_data.constitution/profile override its path
+  and profiles) with sl_data's few-shot examples."""
+  c = config.sl_data
   few_shot = {"": None, "none": ""}.get(c.few_shot, common.repo_path(c.few_shot))
-  return constitution_lib.load(common.repo_path(c.constitution),
-                               profile=common.repo_path(c.profile) or None, few_shot=few_shot)
+  return constitution_stage.from_config(config, "sl_data", few_shot=few_shot)
 
 
 def run(config) -> dict:
@@ -29,7 +31,7 @@ def run(config) -> dict:
   mesh = common.mesh(config)
   model = common.load(config, mesh, rules="sample")
   common.say_start_model("sl-data", model.source, "config.model")
-  constitution = load_constitution(c)
+  constitution = load_constitution(config)
   red = load_prompts(common.repo_path(c.prompts), limit=common.limit(c.n_prompts))
   helpful = (load_prompts(common.repo_path(c.helpful_prompts), limit=common.limit(c.n_helpful))
              if c.n_helpful != 0 else [])
@@ -39,14 +41,17 @@ def run(config) -> dict:
   # What determines the records' content: not how many prompts, not the batch size.
   described = {**dataclasses.asdict(settings), **dataclasses.asdict(sampler_settings)}
   del described["batch_size"]
-  fp = revision.fingerprint({"model": config.model.to_dict(), "seed": config.seed,
-                             "settings": described,
-                             "constitution": [dataclasses.asdict(p) for p in constitution.principles],
-                             "few_shot": [dataclasses.asdict(e) for e in constitution.few_shot]})
+  described_run = {"model": config.model.to_dict(), "seed": config.seed, "settings": described,
+                   "constitution": [p.content() for p in constitution.principles],
+                   "few_shot": [dataclasses.asdict(e) for e in constitution.few_shot]}
+  if constitution.tier_weights:  # only then: uniform runs keep the fingerprints they always had
+    described_run["tier_weights"] = dict(constitution.tier_weights)
+  fp = revision.fingerprint(described_run)
   sampler = TextSampler(model, sampler_settings, mesh=mesh, seed=config.seed)
   layout = common.layout(config)
   summary = revision.generate_sl_data(sampler, constitution, red, helpful, layout.sl_data, settings,
                                       fp=fp)
+  summary["constitution"] = constitution_stage.describe(constitution)
   summary["quality"] = quality(config, layout, sampler, mesh)
   return common.finish("sl-data", summary, layout.stage_dir("sl-data") / "summary.json")
 

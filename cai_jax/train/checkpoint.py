@@ -5,7 +5,9 @@ and `extra` (JSON: the data iterator's state, host-side counters). Saves are
 asynchronous (the step loop goes on while files are written) and only the
 newest `keep` are kept. Restoring takes target shardings, so a run saved on
 one mesh resumes on another. A latest checkpoint that cannot be read (torn
-write, corrupted file) is skipped with a warning and the one before is used.
+write, corrupted file) is skipped with a warning and the one before is used;
+when none can be read, restoring is an error naming the folder (a run never
+silently starts again from step 0 over checkpoints it could not read).
 
 Arrays are written uncompressed: float weights and optimizer moments do not
 compress, and orbax's compressing writer holds about one extra copy of the
@@ -90,15 +92,28 @@ class Checkpointer:
     return state, dict(out["extra"] or {})
 
   def restore_latest(self, abstract_state: TrainState, shardings: Any) -> tuple[TrainState, dict] | None:
-    """(state, extra) of the newest readable checkpoint, or None when there is none.
+    """(state, extra) of the newest readable checkpoint, or None when there are no checkpoints.
 
-    An unreadable checkpoint is reported (warning) and the previous one tried.
+    An unreadable checkpoint is reported (warning) and the previous one tried; when every
+    one is unreadable, raises CorruptCheckpoints (a ValueError) naming the folder.
     """
-    for step in reversed(self.all_steps()):
+    steps = self.all_steps()
+    reasons = []
+    for step in reversed(steps):
       try:
         return self.restore(step, abstract_state, shardings)
       except Exception as e:  # noqa: BLE001 - any read failure means "this one is damaged"
-        log.warning("checkpoint %s/%d is unreadable (%s: %s); falling back to the previous one",
-                    self.directory, step, type(e).__name__, str(e).splitlines()[0][:200])
+        reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+        reasons.append(f"step {step}: {reason}")
+        log.warning("checkpoint %s/%d is unreadable (%s); falling back to the previous one",
+                    self.directory, step, reason)
+    if steps:
+      raise CorruptCheckpoints(
+          f"{self.directory}: none of the {len(steps)} checkpoints (steps {steps}) can be read "
+          f"({reasons[0]}); delete the folder to train again from step 0, or restore it from a copy")
     return None
+
+
+class CorruptCheckpoints(ValueError):
+  """Every checkpoint in a folder is unreadable."""
 

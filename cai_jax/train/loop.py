@@ -11,8 +11,11 @@ it until `state.step == num_steps`, and around it:
   * runs `eval_fn(state) -> metrics` every `eval_every` steps ("eval/" prefix);
   * stops with `NonFiniteError` on a NaN/inf metric *before* saving, so the last
     good checkpoint stays the newest one on disk;
-  * calls hooks every `hook.every` steps; a hook may return a HookResult asking
-    to pause (checkpoint, write `workdir/ALERT.txt`, return) or stop;
+  * calls hooks every `hook.every` steps (its `hooks` argument, then those a stage
+    attached around the call with `attached_hooks`); a hook may return a HookResult
+    asking to stop (checkpoint, write `workdir/ALERT.txt`, return) or to pause
+    (checkpoint, write `workdir/ALERT.txt`, call its `on_pause`, raise `Paused`: the
+    run waits for a person, and the CLI exits with code 3);
   * saves a checkpoint (state + `data_state_fn()` as JSON) every `save_every`
     steps and at the end.
 
@@ -32,6 +35,8 @@ Resuming is the caller's `checkpointer.restore_latest(...)` before the call
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import json
 import logging
@@ -56,15 +61,46 @@ class NonFiniteError(FloatingPointError):
 
 @dataclasses.dataclass(frozen=True)
 class HookResult:
-  """What a hook asks of the loop: "continue", "pause" (checkpoint and return) or "stop"."""
+  """What a hook asks of the loop: "continue", "stop" (checkpoint and return) or "pause"
+  (checkpoint, ALERT.txt, then `on_pause(ALERT.txt's path)` if given, then raise Paused)."""
 
   action: str = "continue"
   message: str = ""
   metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
+  on_pause: Callable[[pathlib.Path], None] | None = None
 
   def __post_init__(self):
     if self.action not in ("continue", "pause", "stop"):
       raise ValueError(f"HookResult.action: {self.action!r}; expected continue, pause or stop")
+
+
+class Paused(RuntimeError):
+  """The run is paused for a person to look at: a hook asked (the checkpoint of `step` is
+  saved and `alert` written), or an earlier pause is not acknowledged yet. The CLI exits
+  with code 3 (cli.EXIT_PAUSED) and prints the message."""
+
+  def __init__(self, message: str, *, stage: str = "", step: int | None = None,
+               alert: pathlib.Path | None = None):
+    super().__init__(message)
+    self.stage, self.step, self.alert = stage, step, alert
+
+
+_ATTACHED: contextvars.ContextVar[tuple] = contextvars.ContextVar("attached_hooks", default=())
+
+
+@contextlib.contextmanager
+def attached_hooks(hooks: Sequence["Hook"]):
+  """Every run_loop inside the block also runs `hooks` (after its own): how a stage hands a
+  hook to a library function that owns the loop call, e.g.
+
+      with loop.attached_hooks(guarding.hooks(config, "sft", loaded, mesh, workdir)):
+        state, summary = sft.fine_tune(...)
+  """
+  token = _ATTACHED.set(_ATTACHED.get() + tuple(hooks))
+  try:
+    yield
+  finally:
+    _ATTACHED.reset(token)
 
 
 class Hook(Protocol):
@@ -158,6 +194,7 @@ def run_loop(*, state: TrainState, step_fn: Callable, batches: Iterable, num_ste
   """Runs `step_fn` from `state.step` up to `num_steps`; returns the final state (see module doc)."""
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  hooks = tuple(hooks) + _ATTACHED.get()
   writer = MetricsWriter(workdir, stage)
   batches = iter(batches)
   step = int(state.step)
@@ -231,9 +268,18 @@ def run_loop(*, state: TrainState, step_fn: Callable, batches: Iterable, num_ste
       request = finish(step, metrics, n_tok, state)
       if request is not None:
         save(step)
-        (workdir / "ALERT.txt").write_text(f"{stage} step {step}: {request.action}: {request.message}\n")
-        log.warning("%s paused at step %d by a hook (%s): %s", stage, step, request.action,
+        alert = workdir / "ALERT.txt"
+        alert.write_text(f"{stage} step {step}: {request.action}: {request.message}\n")
+        log.warning("%s: a hook asked to %s at step %d: %s", stage, request.action, step,
                     request.message)
+        if request.action == "pause":
+          if checkpointer is not None:
+            checkpointer.wait()  # the saved state is on disk before anyone is told
+          if request.on_pause is not None:
+            request.on_pause(alert)
+          raise Paused(f"{stage} paused at step {step} (checkpoint saved; see {alert}): "
+                       f"{request.message.splitlines()[0] if request.message else ''}",
+                       stage=stage, step=step, alert=alert)
         break
       if save_every and step % save_every == 0:
         save(step)
