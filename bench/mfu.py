@@ -108,19 +108,7 @@ def run_sft(preset: str, B: int, T: int, steps: int, remat: bool, dtype: str) ->
               load=(load_before, os.getloadavg()[0]))
 
 
-def matmul_peak(n: int = 2048, reps: int = 10) -> float:
-  """Best fp32 matmul FLOP/s of JAX on this machine's default device."""
-  import jax
-  import jax.numpy as jnp
-  a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
-  f = jax.jit(lambda x: x @ x)
-  f(a).block_until_ready()
-  best = float("inf")
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    f(a).block_until_ready()
-    best = min(best, time.perf_counter() - t0)
-  return 2 * n ** 3 / best
+from train import matmul_peak  # noqa: E402  (bench/train.py: the same peak its table uses)
 
 
 def peak_flops(device_kind: str, dtype: str, measured: float | None) -> tuple[float, str]:

@@ -169,6 +169,15 @@ def repo_path(path: str) -> str:
   return str(candidate) if candidate.exists() else path
 
 
+def missing_file(value: str, field: str, what: str) -> str | None:
+  """A stage's `missing_inputs` for a data file the user brings: None when `value` (a config
+  field's path) names a file, else why the stage cannot run and the setting that enables it."""
+  path = repo_path(value)
+  if path and pathlib.Path(path).is_file():
+    return None
+  return f"no {what} at {field}={value!r}; bring it and set --config.{field}=PATH"
+
+
 def limit(n: int) -> int | None:
   """-1 (all) -> None."""
   return None if n < 0 else n

@@ -10,7 +10,6 @@ eval.reward_model: a reward-model directory (the `rm` stage's <workdir>/rm/model
 from __future__ import annotations
 
 import json
-import pathlib
 
 from cai_jax import sharding
 from cai_jax.data import preferences as prefs
@@ -37,12 +36,8 @@ def rm_score_fn(directory: str, mesh, loaded, max_len: int, batch_size: int):
 
 def missing_inputs(config) -> str | None:
   """Why this stage cannot run (the pipeline skips it, loudly), or None."""
-  path = common.repo_path(config.eval.hhh)
-  if path and pathlib.Path(path).is_file():
-    return None
-  return (f"no HHH comparisons at eval.hhh={config.eval.hhh!r}; bring the paper's "
-          "438HHHEvaluations.jsonl (github.com/anthropics/ConstitutionalHarmlessnessPaper) "
-          "and set --config.eval.hhh=PATH")
+  return common.missing_file(config.eval.hhh, "eval.hhh", "HHH comparisons (the paper's "
+                            "438HHHEvaluations.jsonl, github.com/anthropics/ConstitutionalHarmlessnessPaper)")
 
 
 def run(config) -> dict:

@@ -28,12 +28,8 @@ STAGE = "harmless-rm"
 
 def missing_inputs(config) -> str | None:
   """Why this stage cannot run (the pipeline skips it, loudly), or None."""
-  path = common.repo_path(config.harmless.data)
-  if path and pathlib.Path(path).is_file():
-    return None
-  return (f"no human harmlessness pairs at harmless.data={config.harmless.data!r}; bring "
-          "Anthropic's hh-rlhf harmless-base split (MIT licence, github.com/anthropics/hh-rlhf) "
-          "and set --config.harmless.data=PATH/harmless-base-test.jsonl.gz")
+  return common.missing_file(config.harmless.data, "harmless.data", "human harmlessness pairs "
+                            "(hh-rlhf harmless-base, MIT licence, github.com/anthropics/hh-rlhf)")
 
 
 def load_pairs(config) -> list[prefs.Pair]:
