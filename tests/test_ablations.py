@@ -86,7 +86,8 @@ def test_revisions_share_sl_data_per_seed_and_train_on_one_round_each(tmp_path, 
   config, _, rows, root = run_runlocal("revisions", tmp_path)
   assert sorted(p.name for p in (root / "shared").iterdir()) == ["seed_0", "seed_1"]
   for seed in (0, 1):
-    quality = json.loads((root / "shared" / f"seed_{seed}" / "sl_data" / "summary.json").read_text())
+    summary = root / "shared" / f"seed_{seed}" / "sl_data" / "summary.json"
+    quality = json.loads(summary.read_text())
     by_round = {r["round"]: r["harmless"] for r in quality["quality"]["red_team"]}
     for r in (0, 1, 2):
       point = root / "points" / f"{r}_seed{seed}"
@@ -110,7 +111,8 @@ def test_principles_draw_only_from_the_kept_subset(tmp_path, compile_cache):
 def test_critique_points_revise_with_and_without_critiques(tmp_path, compile_cache):
   _, _, _, root = run_runlocal("critique", tmp_path)
   for mode in ("critique", "direct"):
-    rounds = [r for rec in _records(root / "points" / f"{mode}_seed0") for r in rec.get("rounds", [])]
+    point = root / "points" / f"{mode}_seed0"
+    rounds = [r for rec in _records(point) for r in rec.get("rounds", [])]
     assert rounds and all(bool(r["critique"]) == (mode == "critique") for r in rounds)
 
 
@@ -127,17 +129,18 @@ def test_labels_points_write_soft_hard_and_clamped_labels(tmp_path, compile_cach
 
 def test_rl_methods_measure_their_own_policy(tmp_path, compile_cache):
   _, _, _, root = run_runlocal("rl_method", tmp_path, first_seed_only=True)
-  trained = {"RM + PPO": "ppo", "DPO": "dpo", "d-RLAIF": "ppo"}
+  trained = {"SFT only": "shared", "RM + PPO": "ppo", "DPO": "dpo", "d-RLAIF": "ppo"}
   for label, stage in trained.items():
     point = root / "points" / f"{sweep.safe_name(label)}_seed0"
     measured = json.loads((point / "harmless" / "harmless.json").read_text())["models"][-1]["model"]
-    assert measured == str(point / stage / "hf")
+    assert measured == str(point / "sft" / "hf" if stage == "shared" else point / stage / "hf")
     assert (point / "rm").is_dir() == (label == "RM + PPO")
     assert (point / "feedback").is_symlink()  # the same AI labels for every method
 
 
 def test_sampling_runs_uniform_and_tiered(tmp_path, compile_cache):
   _, summary, _, root = run_runlocal("sampling", tmp_path)
-  assert summary["ran"] == 4 and {a["label"] for a in summary["aggregates"]} == {"uniform", "tiered"}
+  assert summary["ran"] == 4
+  assert {a["label"] for a in summary["aggregates"]} == {"uniform", "tiered"}
   assert all((root / "points" / f"{s}_seed0" / "sl_data" / "sl_cai.jsonl").is_file()
              for s in ("uniform", "tiered"))

@@ -18,7 +18,8 @@ from cai_jax.stages import sweep as sweep_stage
 def test_field_and_grid_give_one_setting_per_value():
   settings = sweep.grid_settings("constitution.n_principles", (1, 4, 16), ())
   assert [(s.label, s.x, s.overrides) for s in settings] == [
-      ("1", 1.0, (("constitution.n_principles", 1),)), ("4", 4.0, (("constitution.n_principles", 4),)),
+      ("1", 1.0, (("constitution.n_principles", 1),)),
+      ("4", 4.0, (("constitution.n_principles", 4),)),
       ("16", 16.0, (("constitution.n_principles", 16),))]
 
 
@@ -40,7 +41,8 @@ def test_expand_runs_every_setting_once_per_seed_seed_major():
   settings = sweep.grid_settings("sft.rounds", ("1", "2"), ())
   points = sweep.expand(settings, (3, 7))
   assert [(p.setting.label, p.seed, p.index, p.name) for p in points] == [
-      ("1", 3, 0, "1_seed3"), ("2", 3, 1, "2_seed3"), ("1", 7, 0, "1_seed7"), ("2", 7, 1, "2_seed7")]
+      ("1", 3, 0, "1_seed3"), ("2", 3, 1, "2_seed3"),
+      ("1", 7, 0, "1_seed7"), ("2", 7, 1, "2_seed7")]
 
 
 @pytest.mark.parametrize("field, grid, points, message", [
@@ -48,7 +50,8 @@ def test_expand_runs_every_setting_once_per_seed_seed_major():
     ("sft.rounds", (), (), "need both"),
     ("", (), (dict(label="", overrides={}),), r"sweep.points\[0\]: 'label'"),
     ("", (), (dict(label="a", overides={}),), r"sweep.points\[0\]: expected a dict with keys"),
-    ("", (), (dict(label="a b", overrides={}), dict(label="a_b", overrides={})), "folder name 'a_b'"),
+    ("", (), (dict(label="a b", overrides={}), dict(label="a_b", overrides={})),
+     "folder name 'a_b'"),
 ])
 def test_bad_grids_are_errors_that_name_the_field(field, grid, points, message):
   with pytest.raises(ValueError, match=message):
@@ -76,7 +79,8 @@ def test_the_default_sweep_section_is_valid():
      r"overrides sl_data.n_rounds, which the setup/shared stage\(s\) \['sl-data'\] read"),
     (dict(field="sampler.temperature", grid=(0.5,), setup_stages="harmless-rm", stages="sft"),
      r"\['harmless-rm'\] read"),
-    (dict(field="sft.rounds", grid=("1",), stages="sft,eval-harmles"), "did you mean 'eval-harmless'"),
+    (dict(field="sft.rounds", grid=("1",), stages="sft,eval-harmles"),
+     "did you mean 'eval-harmless'"),
     (dict(field="sft.rounds", grid=("1",), stages="sft,eval-harmless", outcomes="harmlesness"),
      "did you mean 'harmlessness'"),
     (dict(field="sft.rounds", grid=("1",), stages="sft", outcomes="orr"),
@@ -182,8 +186,8 @@ def test_a_rerun_skips_finished_points_and_runs_the_unfinished_one(tmp_path):
   assert runner.jobs == [("point", 1, "2_seed1")]  # no setup, no shared stages: they are done
   assert [r.status for r in results] == ["finished"] * 3 + ["done"] + ["finished"] * 2
   assert results[0].outcomes["harmlessness"] == 0.0  # read back from the finished point
-  assert results[0].seconds == json.loads((tmp_path / "points" / "1_seed0" / sweep.DONE).read_text())[
-      "seconds"]
+  done = json.loads((tmp_path / "points" / "1_seed0" / sweep.DONE).read_text())
+  assert results[0].seconds == done["seconds"]
 
 
 def test_only_and_max_points_leave_the_other_points_pending_for_a_later_run(tmp_path):
@@ -284,7 +288,8 @@ def test_audit_asr_is_read_as_a_number_or_a_rate(tmp_path, asr):
 
 
 def test_without_a_summary_asr_the_audits_family_rates_of_the_last_model_are_pooled(tmp_path):
-  family = lambda a, b: {"direct": {"asr": {"n": 4, "count": a}}, "roleplay": {"asr": {"n": 6, "count": b}}}
+  family = lambda a, b: {"direct": {"asr": {"n": 4, "count": a}},  # noqa: E731
+                         "roleplay": {"asr": {"n": 6, "count": b}}}
   _write(tmp_path / "audit" / "audit.json", {"models": {"base": {"family": family(4, 6)},
                                                         "sft/hf": {"family": family(1, 2)}}})
   point = sweep.expand(sweep.grid_settings("sft.rounds", ("1",), ()), (0,))[0]
@@ -301,7 +306,8 @@ def test_helpfulness_is_read_from_the_helpful_sub_run(tmp_path):
 def test_the_measured_policy_is_the_most_trained_one_else_the_base_model(tmp_path):
   config = config_lib.base_config()
   layout = sweep_stage.common.layout(config)
-  assert sweep_stage.final_policy(config, layout, ["sl-data", "sft", "rm", "ppo"]) == str(layout.ppo_export)
+  assert sweep_stage.final_policy(config, layout, ["sl-data", "sft", "rm", "ppo"]) == str(
+      layout.ppo_export)
   assert sweep_stage.final_policy(config, layout, ["sft", "dpo"]) == str(layout.dpo_export)
   assert sweep_stage.final_policy(config, layout, ["sl-data"]) == "embedded"
 

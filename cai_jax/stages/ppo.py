@@ -11,7 +11,9 @@ with the KL controller and reward statistics in `extra`, metrics.jsonl, tb/,
 curves.png, summary.json, hf/: the trained policy as HF safetensors). A rerun
 resumes and continues bit-identically. The losses are ppo.policy_loss,
 ppo.value_loss and (kl_in="loss") ppo.kl_term, looked up after importing
-config.loss_modules; the summary's "losses" records them.
+config.loss_modules; the summary's "losses" records them. With checkpoint.enabled
+the constitutional checkpoint watches the policy's drift from the starting policy
+(stages/guarding.py; a pause exits with code 3 until acknowledged).
 """
 
 from __future__ import annotations
@@ -23,14 +25,14 @@ import pathlib
 
 import jax
 
-from cai_jax import constitution as constitution_lib
 from cai_jax import losses, report, weights
 from cai_jax.cai.direct_reward import DirectAIReward, DirectRewardSettings
 from cai_jax.data import fingerprint
 from cai_jax.data.prompts import load_prompts
 from cai_jax.models.reward import load_reward_model, reward_scores
 from cai_jax.sampling import TextSampler
-from cai_jax.stages import common
+from cai_jax.stages import common, guarding
+from cai_jax.stages import constitution as constitution_stage
 from cai_jax.stages import feedback as feedback_stage
 from cai_jax.train import checkpoint, loop, ppo, ppo_rewards
 from cai_jax.train import state as state_lib
@@ -79,8 +81,8 @@ def direct_reward(config, mesh, loaded, ref_params, texts, encoded) -> DirectAIR
                                                  max_new_tokens=c.max_new_tokens,
                                                  max_prompt_len=c.max_prompt_len,
                                                  batch_size=c.sample_batch_size), mesh=mesh)
-  constitution = constitution_lib.load(common.repo_path(f.constitution),
-                                       profile=common.repo_path(f.profile) or None, few_shot="")
+  # The feedback stage's constitution (tiers, profiles, subset and draw weights included).
+  constitution = constitution_stage.from_config(config, "feedback", few_shot="")
   questions = lambda prompt, rng, k: [p.feedback for p in constitution.sample(rng, k)]  # noqa: E731
   max_len = c.max_prompt_len
   prompts = {tuple(ids[-max_len:]): text for ids, text in zip(encoded, texts)}
@@ -162,7 +164,11 @@ def described_settings(config) -> dict:
 
 def _run_locked(config, c, layout, workdir) -> dict:
   common.check_training_settings(layout, "ppo", described_settings(config))
-  state, shardings, iteration, loaded = build_with_model(config)
+  mesh = common.mesh(config)
+  state, shardings, iteration, loaded = build_with_model(config, mesh)
+  # PPO keeps the starting weights frozen as its KL reference: the checkpoint shares them.
+  guards = guarding.hooks(config, "ppo", loaded, mesh, workdir, reference_params=iteration.ref_params,
+                          policy_params=lambda params: params["policy"])
   checkpointer = checkpoint.Checkpointer(layout.checkpoints("ppo"), keep=c.keep)
   state, extra = loop.restore_or_keep(checkpointer, state, shardings)
   if extra is not None:
@@ -175,7 +181,7 @@ def _run_locked(config, c, layout, workdir) -> dict:
   state = loop.run_loop(state=state, step_fn=iteration, batches=itertools.repeat(None),
                         num_steps=c.num_steps, workdir=workdir, checkpointer=checkpointer,
                         data_state_fn=lambda: {"ppo": iteration.host.to_json()},
-                        save_every=c.checkpoint_every, stage="ppo", log_every=1)
+                        save_every=c.checkpoint_every, stage="ppo", log_every=1, hooks=guards)
   checkpointer.close()
   # The trained policy as HF safetensors, loadable as model.source (evaluations compare it).
   weights.export_hf(layout.ppo_export, loaded.cfg, jax.device_get(state.params["policy"]),
@@ -185,5 +191,6 @@ def _run_locked(config, c, layout, workdir) -> dict:
   last = records[-1] if records else {}
   summary = {"steps": int(state.step), "curves": str(png) if png else None,
              "export_hf": str(layout.ppo_export), "losses": chosen_losses(config),
-             **{k: last.get(k) for k in ("reward_mean", "kl", "kl_coef", "entropy")}}
+             **{k: last.get(k) for k in ("reward_mean", "kl", "kl_coef", "entropy")},
+             "checkpoint": guarding.summary(guards)}
   return common.finish("ppo", summary, layout.summary("ppo"))
