@@ -263,6 +263,10 @@ def test_dpo_stage_learns_a_marker_preference(tmp_path):
   assert {"hf", "curves.png", dpo.REFERENCE_FILE, "checkpoints", "metrics.jsonl"} <= written
   cfg, _ = weights.load_safetensors(run / "hf")
   assert cfg.vocab_size == 264
+  # A rerun with another beta is refused, naming the field, before any model loads.
+  changed = _stage_overrides(tmp_path / "run", data, **{"dpo.beta": 0.25})
+  with pytest.raises(ValueError, match=r"training.beta: 0.5 -> 0.25"):
+    dpo_stage.run(_tiny_config(changed))
 
 
 def _cli(workdir, data):

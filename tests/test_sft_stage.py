@@ -71,3 +71,13 @@ def test_sft_stage_learns_counts_skips_exports_and_resumes(tmp_path):
   diffs = [float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in
            zip(jax.tree.leaves(exported.params), jax.tree.leaves(final.params))]
   assert max(diffs) > 0
+  # A rerun with another learning rate or other data is refused, naming what changed.
+  with pytest.raises(ValueError, match=r"training.optim.lr: 0.003 -> 0.001.*new workdir"):
+    sft.run(_config(tmp_path, data, **{"sft.on_error": "skip", "sft.optim.lr": 1e-3}))
+  _write_sl_cai(data, bad_line=False)
+  with pytest.raises(ValueError, match=r"data.sl_data.hash"):
+    sft.run(_config(tmp_path, data, **{"sft.on_error": "skip", "sft.num_steps": 14}))
+  # A second run on the workdir while one is writing is refused at once.
+  from cai_jax.data import fingerprint
+  with fingerprint.stage_lock(run), pytest.raises(fingerprint.StageBusy):
+    sft.run(_config(tmp_path, data, **{"sft.on_error": "skip"}))

@@ -3,15 +3,16 @@ repository-relative paths, the run layout, and the summary line on stdout."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import pathlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from cai_jax import sharding
+from cai_jax import paths, sharding
 from cai_jax.layout import RunLayout
 from cai_jax.models.load import LoadedModel, ModelSpec, load_model
 from cai_jax.sampling import SamplerSettings
@@ -29,7 +30,9 @@ def layout(config) -> RunLayout:
 def check_workdir(workdir: str) -> None:
   """Fails early, naming `workdir`, when a run could not write there: it (or a folder above
   it) is a file (NotADirectoryError), or the folder that would hold it is not writable
-  (PermissionError). Touches nothing."""
+  (PermissionError). Touches nothing; a URL (gs://...) is checked when first written."""
+  if paths.is_remote(workdir or ""):
+    return
   path = pathlib.Path(workdir or ".").absolute()
   existing = path
   while not existing.exists():
@@ -73,6 +76,66 @@ def eval_mesh(config):
   """A mesh only when there are several devices (evaluation runs unsharded on one)."""
   import jax
   return mesh(config) if jax.device_count() > 1 else None
+
+
+# ----------------------------------------------------------------------------- hosts
+# Generation stages split their items over the hosts of a multi-host run: item i is
+# host i % count's (data/jsonl.py Host.share), each host samples on its own devices and
+# writes its own shard, and host 0 merges the shards after a barrier. The workdir must be
+# one that every host sees (gs://..., or a shared disk).
+
+
+def host():
+  """This process among the run's processes (jax.process_index / process_count)."""
+  import jax
+
+  from cai_jax.data.jsonl import Host
+  return Host(jax.process_index(), jax.process_count())
+
+
+def barrier(name: str) -> None:
+  """Waits until every process reaches the barrier `name`; nothing to wait for on one."""
+  import jax
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def generation_mesh(config):
+  """The mesh a generation stage samples on: with one process, `eval_mesh`; with several,
+  config.mesh over this process's own devices, since each host samples its own prompts."""
+  import jax
+  if jax.process_count() == 1:
+    return eval_mesh(config)
+  local = jax.local_devices()
+  return sharding.make_mesh(dict(config.mesh), devices=local) if len(local) > 1 else None
+
+
+@contextlib.contextmanager
+def generation_lock(directory, host_) -> Iterator[None]:
+  """One run at a time in a generation stage's folder: process 0 holds its lock
+  (data/fingerprint.py stage_lock) for the whole run; the other hosts write their shards."""
+  from cai_jax.data import fingerprint
+  if host_.index != 0:
+    yield
+    return
+  with fingerprint.stage_lock(directory):
+    yield
+
+
+def check_output_settings(path, settings: dict, what: str, host_) -> str:
+  """Refuses (ValueError naming the changed fields) to continue an output whose recorded
+  settings (`path`, a <name>.settings.json) differ from `settings`; records them the first
+  time (process 0). Every host checks, so all of them stop on a mismatch."""
+  from cai_jax.data import fingerprint
+  path = paths.as_path(path)
+  remedy = f"use a new workdir, or delete {path.parent} to generate again"
+  if path.is_file():
+    fingerprint.check_settings(fingerprint.read_settings_file(path), settings, what, path, remedy)
+  elif host_.index == 0:
+    fingerprint.check_or_write(path, settings, what, remedy)
+  barrier(f"{path}: settings recorded")
+  return fingerprint.settings_fingerprint(settings)
 
 
 def model_spec(config, source: str | None = None) -> ModelSpec:
@@ -122,16 +185,31 @@ NOT_IN_FINGERPRINT = ("eval_every", "checkpoint_every", "keep", "log_every")
 def data_hash(items: Sequence[Any]) -> str:
   """A fingerprint of training data: dataclass records (Pair, Example, ...) or JSON values."""
   from cai_jax.data import fingerprint
-  rows = [dataclasses.astuple(x) if dataclasses.is_dataclass(x) else x for x in items]
-  return fingerprint.settings_fingerprint({"items": rows})
+  return fingerprint.settings_fingerprint({"items": [_plain(x) for x in items]})
+
+
+def _plain(x: Any) -> Any:
+  """JSON-able form of a record: dataclasses as lists of fields, str subclasses as str
+  (dataclasses.astuple deep-copies, which a str subclass with extra state cannot take)."""
+  if dataclasses.is_dataclass(x):
+    return [_plain(getattr(x, f.name)) for f in dataclasses.fields(x)]
+  if isinstance(x, (list, tuple)):
+    return [_plain(v) for v in x]
+  if isinstance(x, dict):
+    return {str(k): _plain(v) for k, v in x.items()}
+  return str(x) if isinstance(x, str) else x
 
 
 def training_settings(config, settings: Any, data: Mapping[str, tuple[str, Sequence[Any]]],
                       source: str | None = None) -> dict:
   """What decides a training stage's weights, for `check_training_settings`: the starting
   model (config.model, or `source`), each data set {name: (path, records)} as its path,
-  size and hash, and the stage's settings dataclass without NOT_IN_FINGERPRINT."""
+  size and hash, and the stage's settings dataclass without NOT_IN_FINGERPRINT. Under a
+  constant learning rate num_steps is left out too: the steps already taken do not depend
+  on it, so a finished run may be extended (any other schedule decays over num_steps)."""
   train = {k: v for k, v in dataclasses.asdict(settings).items() if k not in NOT_IN_FINGERPRINT}
+  if (train.get("optim") or {}).get("schedule") == "constant":
+    train.pop("num_steps", None)
   return {"model": dataclasses.asdict(model_spec(config, source)),
           "data": {name: {"path": str(path), "n": len(items), "hash": data_hash(items)}
                    for name, (path, items) in data.items()},
@@ -173,7 +251,7 @@ def missing_file(value: str, field: str, what: str) -> str | None:
   """A stage's `missing_inputs` for a data file the user brings: None when `value` (a config
   field's path) names a file, else why the stage cannot run and the setting that enables it."""
   path = repo_path(value)
-  if path and pathlib.Path(path).is_file():
+  if path and paths.as_path(path).is_file():
     return None
   return f"no {what} at {field}={value!r}; bring it and set --config.{field}=PATH"
 
