@@ -16,11 +16,11 @@ package registers them all.
 
 from cai_jax.config.core import (LOSS_FIELDS, ConfigDict, apply_overrides, as_experiment,
                                  base_config, experiment_config, flat_fields, get_field,
-                                 optim_section, restore, section, use_tiny_model, validate,
-                                 validate_optim, validator)
+                                 optim_section, restore, section, sibling_module, use_tiny_model,
+                                 validate, validate_optim, validator)
 from cai_jax.config import run, method, training, evals  # noqa: F401,E402  (register sections)
 from cai_jax.config import constitution, guard, sweep, scale  # noqa: F401,E402
 
 __all__ = ["LOSS_FIELDS", "ConfigDict", "apply_overrides", "as_experiment", "base_config",
-           "experiment_config", "flat_fields", "get_field", "restore", "optim_section", "section", "use_tiny_model", "validate",
-           "validate_optim", "validator"]
+           "experiment_config", "flat_fields", "get_field", "restore", "optim_section", "section",
+           "sibling_module", "use_tiny_model", "validate", "validate_optim", "validator"]

@@ -166,6 +166,17 @@ def _no_field_message(where: str, field: str, keys: list[str]) -> str:
           + (f"; did you mean {hint[0]!r}?" if hint else f"; fields: {sorted(keys)}"))
 
 
+def sibling_module(file: str, name: str):
+  """The module `<name>.py` in the folder of `file`, loaded by path: experiment files are
+  loaded by path rather than as a package, and share helpers this way."""
+  import importlib.util
+  path = pathlib.Path(file).with_name(f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"experiments_{path.parent.name}_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def use_tiny_model(config: ConfigDict, chat_template: str = "transcript") -> ConfigDict:
   """Points `config.model` at a fresh random `tiny` model with the byte tokenizer (tests, smoke runs)."""
   config.model.source = "random"

@@ -1,6 +1,7 @@
 """Sizes shared by the ablation configs (not an experiment itself: no get_config).
 
-Each ablation file loads this module by path (`load_common()`), then sets its grid.
+Each ablation file loads this module (`config.sibling_module(__file__, "common")`),
+calls `sized(config, variant, name)`, then sets its grid.
 `embedded(config)`: SmolLM2-135M-Instruct, sized so one seed of a sweep of a few
 points takes about a quarter of an hour on 2 CPU cores (a sweep resumes point by
 point, so seeds can be run one command at a time: --config.sweep.seeds="(0,)", then
@@ -105,3 +106,8 @@ def runlocal(config: ConfigDict, name: str) -> ConfigDict:
   config.sweep.seeds = (0, 1)
   return config
 
+
+
+def sized(config: ConfigDict, variant: str, name: str) -> ConfigDict:
+  """`runlocal` for the variant "runlocal", else `embedded`."""
+  return (runlocal if variant == "runlocal" else embedded)(config, name)

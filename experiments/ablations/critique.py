@@ -10,22 +10,16 @@ harmlessness on held-out red-team prompts and its evaluator score on helpful pro
 Plot: <workdir>/sweep/critique.png (categorical x).
 """
 
-import importlib.util
-import pathlib
+from cai_jax.config import ConfigDict, experiment_config, sibling_module
 
-from cai_jax.config import ConfigDict, experiment_config
-
-_spec = importlib.util.spec_from_file_location("ablations_common",
-                                               pathlib.Path(__file__).with_name("common.py"))
-common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(common)
+common = sibling_module(__file__, "common")
 
 VARIANTS = ("", "runlocal")
 
 
 @experiment_config(VARIANTS)
 def get_config(config: ConfigDict, variant: str) -> ConfigDict:
-  (common.runlocal if variant == "runlocal" else common.embedded)(config, "critique")
+  common.sized(config, variant, "critique")
   s = config.sweep
   s.name, s.title, s.x_label = "critique", "Critiqued vs direct revisions", "sl_data.mode"
   s.field, s.grid = "sl_data.mode", ("critique", "direct")

@@ -10,15 +10,9 @@ the PPO policy's harmlessness and its over-refusal / unsafe-compliance rates.
 Plot: <workdir>/sweep/labels.png.
 """
 
-import importlib.util
-import pathlib
+from cai_jax.config import ConfigDict, experiment_config, sibling_module
 
-from cai_jax.config import ConfigDict, experiment_config
-
-_spec = importlib.util.spec_from_file_location("ablations_common",
-                                               pathlib.Path(__file__).with_name("common.py"))
-common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(common)
+common = sibling_module(__file__, "common")
 
 VARIANTS = ("", "runlocal")
 
@@ -34,7 +28,7 @@ POINTS = (
 
 @experiment_config(VARIANTS)
 def get_config(config: ConfigDict, variant: str) -> ConfigDict:
-  (common.runlocal if variant == "runlocal" else common.embedded)(config, "labels")
+  common.sized(config, variant, "labels")
   if variant == "runlocal":
     config.feedback.cot_max_new_tokens = 8
   s = config.sweep

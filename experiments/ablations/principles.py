@@ -11,22 +11,16 @@ harmlessness) and the SFT policy's harmlessness on held-out red-team prompts.
 Plot: <workdir>/sweep/principles.png (log2 x axis).
 """
 
-import importlib.util
-import pathlib
+from cai_jax.config import ConfigDict, experiment_config, sibling_module
 
-from cai_jax.config import ConfigDict, experiment_config
-
-_spec = importlib.util.spec_from_file_location("ablations_common",
-                                               pathlib.Path(__file__).with_name("common.py"))
-common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(common)
+common = sibling_module(__file__, "common")
 
 VARIANTS = ("", "runlocal")
 
 
 @experiment_config(VARIANTS)
 def get_config(config: ConfigDict, variant: str) -> ConfigDict:
-  (common.runlocal if variant == "runlocal" else common.embedded)(config, "principles")
+  common.sized(config, variant, "principles")
   config.constitution.subset_seed = 0
   s = config.sweep
   s.name, s.title, s.x_label = "principles", "Number of constitutional principles", "principles"

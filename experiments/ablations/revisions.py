@@ -13,15 +13,9 @@ red-team prompts and its score on helpful prompts (the paper saw harmlessness ri
 and helpfulness fall with more revisions). Plot: <workdir>/sweep/revisions.png.
 """
 
-import importlib.util
-import pathlib
+from cai_jax.config import ConfigDict, experiment_config, sibling_module
 
-from cai_jax.config import ConfigDict, experiment_config
-
-_spec = importlib.util.spec_from_file_location("ablations_common",
-                                               pathlib.Path(__file__).with_name("common.py"))
-common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(common)
+common = sibling_module(__file__, "common")
 
 VARIANTS = ("", "runlocal")
 MEASURE = "eval-harmless,eval-helpful"
@@ -29,7 +23,7 @@ MEASURE = "eval-harmless,eval-helpful"
 
 @experiment_config(VARIANTS)
 def get_config(config: ConfigDict, variant: str) -> ConfigDict:
-  (common.runlocal if variant == "runlocal" else common.embedded)(config, "revisions")
+  common.sized(config, variant, "revisions")
   n_rounds = 2 if variant == "runlocal" else 4
   config.sl_data.n_rounds = n_rounds
   s = config.sweep

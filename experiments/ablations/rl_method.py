@@ -12,15 +12,9 @@ over-refusal / unsafe-compliance rates. Plot: <workdir>/sweep/rl_method.png.
 The d-RLAIF point needs ppo.reward="feedback" (stages/ppo.py).
 """
 
-import importlib.util
-import pathlib
+from cai_jax.config import ConfigDict, experiment_config, sibling_module
 
-from cai_jax.config import ConfigDict, experiment_config
-
-_spec = importlib.util.spec_from_file_location("ablations_common",
-                                               pathlib.Path(__file__).with_name("common.py"))
-common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(common)
+common = sibling_module(__file__, "common")
 
 VARIANTS = ("", "runlocal")
 
@@ -35,7 +29,7 @@ POINTS = (
 
 @experiment_config(VARIANTS)
 def get_config(config: ConfigDict, variant: str) -> ConfigDict:
-  (common.runlocal if variant == "runlocal" else common.embedded)(config, "rl_method")
+  common.sized(config, variant, "rl_method")
   s = config.sweep
   s.name, s.title, s.x_label = "rl_method", "Learning from AI feedback", "method"
   s.points = POINTS

@@ -12,22 +12,16 @@ harmlessness and its over-refusal / unsafe-compliance rates.
 Plot: <workdir>/sweep/sampling.png.
 """
 
-import importlib.util
-import pathlib
+from cai_jax.config import ConfigDict, experiment_config, sibling_module
 
-from cai_jax.config import ConfigDict, experiment_config
-
-_spec = importlib.util.spec_from_file_location("ablations_common",
-                                               pathlib.Path(__file__).with_name("common.py"))
-common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(common)
+common = sibling_module(__file__, "common")
 
 VARIANTS = ("", "runlocal")
 
 
 @experiment_config(VARIANTS)
 def get_config(config: ConfigDict, variant: str) -> ConfigDict:
-  (common.runlocal if variant == "runlocal" else common.embedded)(config, "sampling")
+  common.sized(config, variant, "sampling")
   config.constitution.tier_weights = "universal=1,contextual=1,style=1"
   s = config.sweep
   s.name, s.title, s.x_label = "sampling", "Principle sampling", "constitution.sampling"
