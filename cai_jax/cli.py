@@ -146,8 +146,11 @@ def main(argv: list[str] | None = None) -> None:
     raise SystemExit(2) from None
   from cai_jax.train.loop import Paused
   try:
-    start_distributed(config)
-    stages.run_stage(stage, config)
+    if start_distributed(config):  # a secondary host: process 0 prints and records the config
+      _silence_stdout()
+      stages.get(stage)(config)
+    else:
+      stages.run_stage(stage, config)
   except Paused as e:
     print(f"paused: {e}", file=sys.stderr)
     raise SystemExit(EXIT_PAUSED) from None
@@ -169,14 +172,28 @@ def _plain(e: BaseException) -> str:
   return str(e) if str(e) else type(e).__name__
 
 
-def start_distributed(config) -> None:
+def start_distributed(config) -> bool:
   """Multi-host runs: starts jax.distributed from config.distributed before any JAX
   computation (every stage, the same program on every host), and keeps INFO logs to
-  process 0 so N hosts do not print N copies."""
+  process 0 so N hosts do not print N copies; warnings and errors still come from every
+  host. Returns whether this process is a secondary host (process index > 0), whose
+  stdout `main` silences: the stage's JSON summary line comes from process 0."""
   from cai_jax import sharding
 
   d = config.distributed
-  if sharding.maybe_initialize_distributed(d.coordinator_address, d.num_processes, d.process_id):
-    import jax
-    if jax.process_index() != 0:
-      logging.getLogger().setLevel(logging.WARNING)
+  if not sharding.maybe_initialize_distributed(d.coordinator_address, d.num_processes, d.process_id):
+    return False
+  import jax
+  if jax.process_index() == 0:
+    return False
+  logging.getLogger().setLevel(logging.WARNING)
+  return True
+
+
+def _silence_stdout() -> None:
+  """Points this process's stdout at /dev/null, at the file descriptor: the collectives
+  library (gloo) prints there from C++ too."""
+  sys.stdout.flush()
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, sys.stdout.fileno())
+  os.close(devnull)

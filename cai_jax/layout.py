@@ -7,11 +7,13 @@ checks a real run against `RunLayout.expected_tree()`):
   <workdir>/
     harmless_rm/{checkpoints,metrics.jsonl,tb,summary.json,model}/   stage harmless-rm: the evaluator
     sl_data/sl_cai.jsonl                 stage sl-data: prompts, answers, critiques, revisions
+    sl_data/sl_cai.settings.json         the settings that made them (a rerun with others is refused)
     sl_data/summary.json                 refusal classes and harmlessness per revision round
     sft/checkpoints/<step>/              stage sft: orbax TrainStates (resume by rerunning)
     sft/metrics.jsonl  sft/tb/           per-step metrics (JSONL + TensorBoard)
     sft/summary.json  sft/hf/            summary; the fine-tuned policy as HF safetensors
     feedback/feedback.jsonl              stage feedback: AI preference labels
+    feedback/feedback.settings.json      the settings that made them
     rm/checkpoints/  rm/metrics.jsonl  rm/tb/  rm/summary.json
     rm/model/                            the trained reward model (models/reward.py)
     ppo/checkpoints/  ppo/metrics.jsonl  ppo/tb/  ppo/summary.json  ppo/curves.png
@@ -24,6 +26,9 @@ checks a real run against `RunLayout.expected_tree()`):
     drift/drift.json  drift/kl_by_position.png                              stage eval-drift
     plots/<stage>.png  report.md  summary.json     stage pipeline: the report
 
+The workdir may be a URL (gs://bucket/run): paths are then etils.epath.Path objects
+(cai_jax/paths.py), local ones stay pathlib.Path.
+
 The rule for which model a stage starts from lives here too (`start_model`):
 an explicit setting wins, else the SFT export of this workdir if it exists,
 else the experiment's base model.
@@ -32,7 +37,9 @@ else the experiment's base model.
 from __future__ import annotations
 
 import dataclasses
-import pathlib
+import os
+
+from cai_jax import paths
 
 # stage name -> its folder under the workdir (the pipeline writes the report at the top).
 STAGE_DIRS = {"sl-data": "sl_data", "sft": "sft", "feedback": "feedback", "rm": "rm",
@@ -47,84 +54,89 @@ TRAINING_STAGES = ("sft", "rm", "ppo", "dpo")  # the ones that write metrics.jso
 class RunLayout:
   """Paths of one run; nothing is created by looking."""
 
-  root: pathlib.Path
+  root: paths.AnyPath
 
-  def __init__(self, root: str | pathlib.Path):
-    object.__setattr__(self, "root", pathlib.Path(root))
+  def __init__(self, root: str | os.PathLike):
+    object.__setattr__(self, "root", paths.as_path(root))
 
-  def stage_dir(self, stage: str) -> pathlib.Path:
+  def stage_dir(self, stage: str) -> paths.AnyPath:
     if stage not in STAGE_DIRS:
       raise KeyError(f"no stage {stage!r} in the run layout; stages: {sorted(STAGE_DIRS)}")
     return self.root / STAGE_DIRS[stage]
 
   # ---------------------------------------------------------------- each stage's files
   @property
-  def sl_data(self) -> pathlib.Path:
+  def sl_data(self) -> paths.AnyPath:
     """SL-CAI records (stage sl-data's output, stage sft's input)."""
     return self.stage_dir("sl-data") / "sl_cai.jsonl"
 
   @property
-  def sft_export(self) -> pathlib.Path:
+  def sft_export(self) -> paths.AnyPath:
     """The fine-tuned policy as HF safetensors (stage sft's output)."""
     return self.stage_dir("sft") / "hf"
 
   @property
-  def ppo_export(self) -> pathlib.Path:
+  def ppo_export(self) -> paths.AnyPath:
     """The PPO-trained policy as HF safetensors (stage ppo's output)."""
     return self.stage_dir("ppo") / "hf"
 
   @property
-  def dpo_export(self) -> pathlib.Path:
+  def dpo_export(self) -> paths.AnyPath:
     """The DPO-trained policy as HF safetensors (stage dpo's output)."""
     return self.stage_dir("dpo") / "hf"
 
   @property
-  def feedback(self) -> pathlib.Path:
+  def feedback(self) -> paths.AnyPath:
     """AI preference labels (stage feedback's output, stage rm's input)."""
     return self.stage_dir("feedback") / "feedback.jsonl"
 
+  @staticmethod
+  def settings_of(output: paths.AnyPath) -> paths.AnyPath:
+    """The fingerprint file beside a generation stage's output: <name>.settings.json."""
+    return output.with_name(f"{output.name.split('.')[0]}.settings.json")
+
   @property
-  def reward_model(self) -> pathlib.Path:
+  def reward_model(self) -> paths.AnyPath:
     """The trained reward model (stage rm's output; ppo's and eval-hhh's input)."""
     return self.stage_dir("rm") / "model"
 
   @property
-  def harmless_model(self) -> pathlib.Path:
+  def harmless_model(self) -> paths.AnyPath:
     """The evaluator reward model for the harmlessness score (stage harmless-rm's output)."""
     return self.stage_dir("harmless-rm") / "model"
 
-  def checkpoints(self, stage: str) -> pathlib.Path:
+  def checkpoints(self, stage: str) -> paths.AnyPath:
     return self.stage_dir(stage) / "checkpoints"
 
-  def summary(self, stage: str) -> pathlib.Path:
+  def summary(self, stage: str) -> paths.AnyPath:
     return self.stage_dir(stage) / "summary.json"
 
-  def metrics(self, stage: str) -> pathlib.Path:
+  def metrics(self, stage: str) -> paths.AnyPath:
     return self.stage_dir(stage) / "metrics.jsonl"
 
-  def config_file(self, stage: str) -> pathlib.Path:
+  def config_file(self, stage: str) -> paths.AnyPath:
     """The config a stage last ran with, as a launchable experiment file (configs/<stage>.py)."""
     return self.root / "configs" / f"{stage.replace('-', '_')}.py"
 
   @property
-  def hhh(self) -> pathlib.Path:
+  def hhh(self) -> paths.AnyPath:
     return self.stage_dir("eval-hhh") / "hhh.json"
 
   @property
-  def report(self) -> pathlib.Path:
+  def report(self) -> paths.AnyPath:
     return self.root / "report.md"
 
   @property
-  def plots(self) -> pathlib.Path:
+  def plots(self) -> paths.AnyPath:
     return self.root / "plots"
 
-  def figures(self) -> list[pathlib.Path]:
+  def figures(self) -> list[paths.AnyPath]:
     """The evaluation stages' figures, for the report (whether or not they exist)."""
     return [self.stage_dir("eval-hhh") / "hhh.png", self.stage_dir("eval-safety") / "frontier.png",
             self.stage_dir("eval-harmless") / "harmless.png",
             self.stage_dir("eval-drift") / "kl_by_position.png"]
 
-  def metrics_files(self) -> list[pathlib.Path]:
+  def metrics_files(self) -> list[paths.AnyPath]:
     """The training stages' metrics.jsonl files that exist, in pipeline order."""
     return [self.metrics(s) for s in TRAINING_STAGES if self.metrics(s).is_file()]
 
@@ -147,9 +159,9 @@ class RunLayout:
     train = {"checkpoints/", "metrics.jsonl", "tb/", "summary.json"}
     per_stage = {
         "harmless-rm": {"harmless_rm": train | {"model/"}},
-        "sl-data": {"sl_data": {"sl_cai.jsonl", "summary.json"}},
+        "sl-data": {"sl_data": {"sl_cai.jsonl", "sl_cai.settings.json", "summary.json"}},
         "sft": {"sft": train | {"hf/"}},
-        "feedback": {"feedback": {"feedback.jsonl"}},
+        "feedback": {"feedback": {"feedback.jsonl", "feedback.settings.json"}},
         "rm": {"rm": train | {"model/"}},
         "ppo": {"ppo": train | {"curves.png", "hf/"}},
         "dpo": {"dpo": train | {"reference_logprobs.npz", "curves.png", "hf/"}},

@@ -51,6 +51,10 @@ def maybe_initialize_distributed(coordinator_address: str = "", num_processes: i
   """
   if num_processes in (0, 1):
     return False
+  # Cross-process collectives on CPU (local multi-process tests, CPU clusters) need an
+  # implementation; gloo is jax 0.10's default, set here for versions without one.
+  if not jax.config.jax_cpu_collectives_implementation:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if num_processes == -1:
     jax.distributed.initialize()
   else:
@@ -158,7 +162,8 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh, rules: Mapping[str, Any] |
   """Places host arrays of a batch (leading axis = batch) onto the mesh.
 
   In multi-host runs each process passes its own slice; the global array is
-  assembled with `make_array_from_process_local_data`.
+  assembled with `make_array_from_process_local_data`. A host holding the whole
+  global batch uses `shard_global_batch` instead.
   """
   def put(x):
     x = np.asarray(x)
@@ -167,6 +172,26 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh, rules: Mapping[str, Any] |
       return jax.make_array_from_process_local_data(sharding, x)
     return jax.device_put(x, sharding)
   return jax.tree.map(put, dict(batch))
+
+
+def shard_global_batch(batch: Mapping[str, Any], mesh: Mesh, rules: Mapping[str, Any] | str = "train"):
+  """Places a batch that every process holds whole (the same global rows, in the same order on
+  every host) onto the mesh: each process transfers only the rows its own devices hold, so
+  the result is the one-process batch whatever the number of hosts."""
+  def put(x):
+    x = np.asarray(x)
+    sharding = batch_sharding(mesh, x.ndim, rules) if x.ndim else replicated(mesh)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+  return jax.tree.map(put, dict(batch))
+
+
+def to_host(tree):
+  """numpy copies of a pytree of arrays, whole on every process: in a multi-host run a
+  batch-sharded array's other rows live on other hosts and come by an all-gather."""
+  if jax.process_count() == 1:
+    return jax.tree.map(np.asarray, tree)
+  from jax.experimental import multihost_utils
+  return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
 
 
 def init_sharded(model_fn, mesh: Mesh, rules: Mapping[str, Any] | str = "train"):

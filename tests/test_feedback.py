@@ -1,4 +1,4 @@
-"""AI feedback: exact prompt text, label math with a stub judge, resume, few-shot loaders."""
+"""AI feedback: exact prompt text, label math with a stub judge, resume, hosts, few-shot loaders."""
 
 import json
 import math
@@ -8,6 +8,7 @@ import pytest
 
 from cai_jax.constitution import Constitution, Principle
 from cai_jax.cai import labels as fb
+from cai_jax.data.jsonl import Host
 from cai_jax.data.prompts import Prompt
 
 
@@ -83,7 +84,7 @@ def _constitution():
 def test_write_feedback_schema_and_resume(tmp_path):
   prompts = [Prompt(f"id{i}", f"prompt {i}") for i in range(5)]
   judge, _ = _stub_judge(lambda a, b, p: 3.0 if a.startswith("nice") else -3.0)
-  pair = lambda texts: [(f"nice {t}", f"rude {t}") for t in texts]  # noqa: E731
+  pair = lambda prompts: [(f"nice {p.text}", f"rude {p.text}") for p in prompts]  # noqa: E731
   out = tmp_path / "fb.jsonl"
   s = fb.FeedbackSettings(swap=True, k_principles=2)
   assert fb.write_feedback(prompts[:3], pair, _constitution(), judge, out, s, batch_size=2) == 3
@@ -105,6 +106,63 @@ def test_write_feedback_schema_and_resume(tmp_path):
   assert [json.loads(x)["principles"] for x in out2.read_text().splitlines()] == [
       r["principles"] for r in records]
   assert len({tuple(r["principles"]) for r in records}) > 1
+
+
+def _keyed_pair(prompts):
+  """A policy whose answers depend on the prompt id only (as the stage's, seeded by it)."""
+  return [(f"a-{p.id}", f"b-{p.id}-{len(p.id) % 3}") for p in prompts]
+
+
+def test_each_host_writes_its_share_and_host_0_merges_in_prompt_order(tmp_path):
+  prompts = [Prompt(f"id{i}", f"prompt {i}") for i in range(7)]
+  judge, _ = _stub_judge(lambda a, b, p: float(len(a) - len(b)))
+  s = fb.FeedbackSettings(swap=True, k_principles=2)
+  single = tmp_path / "one" / "fb.jsonl"
+  fb.write_feedback(prompts, _keyed_pair, _constitution(), judge, single, s, batch_size=3)
+  out = tmp_path / "two" / "fb.jsonl"
+  barriers = []
+  # Host 1 first (its shard stays for host 0), then host 0, which merges both.
+  assert fb.write_feedback(prompts, _keyed_pair, _constitution(), judge, out, s, batch_size=2,
+                           host=Host(1, 2), sync=barriers.append) == 3
+  assert not out.exists()
+  shard = out.with_name(".fb.partial-00001-of-00002.jsonl")
+  assert [json.loads(x)["id"] for x in shard.read_text().splitlines()[1:]] == ["id1", "id3", "id5"]
+  assert fb.write_feedback(prompts, _keyed_pair, _constitution(), judge, out, s, batch_size=2,
+                           host=Host(0, 2), sync=barriers.append) == 4
+  assert out.read_text() == single.read_text()
+  assert sorted(p.name for p in out.parent.iterdir()) == ["fb.jsonl"]  # shards deleted
+  assert len(barriers) == 4  # each host: after writing its shard, after the merge
+
+
+def fb_fingerprint(s: fb.FeedbackSettings) -> str:
+  from cai_jax.data import fingerprint
+  return fingerprint.settings_fingerprint(s.__dict__)
+
+
+def test_a_resumed_run_has_the_records_of_an_unbroken_one(tmp_path):
+  prompts = [Prompt(f"id{i}", f"prompt {i}") for i in range(6)]
+  judge, _ = _stub_judge(lambda a, b, p: float(len(a) - len(b)))
+  s = fb.FeedbackSettings(swap=False, k_principles=1, seed=4)
+  full = tmp_path / "full.jsonl"
+  fb.write_feedback(prompts, _keyed_pair, _constitution(), judge, full, s, batch_size=4)
+  out = tmp_path / "fb.jsonl"
+  # A killed run's shard: the settings line and the first two records of the unbroken run.
+  header = json.dumps({"what": "x", "fingerprint": fb_fingerprint(s), "settings": s.__dict__})
+  out.with_name(".fb.partial.jsonl").write_text(
+      header + "\n" + "".join(full.read_text().splitlines(keepends=True)[:2]))
+  assert fb.write_feedback(prompts, _keyed_pair, _constitution(), judge, out, s, batch_size=4) == 4
+  assert out.read_text() == full.read_text()
+
+
+def test_shards_of_other_settings_are_refused_naming_the_field(tmp_path):
+  prompts = [Prompt(f"id{i}", f"prompt {i}") for i in range(3)]
+  judge, _ = _stub_judge(lambda a, b, p: 0.0)
+  out = tmp_path / "fb.jsonl"
+  fb.write_feedback(prompts, _keyed_pair, _constitution(), judge, out, fb.FeedbackSettings(),
+                    host=Host(1, 2))
+  with pytest.raises(ValueError, match=r"partial-00001-of-00002.jsonl:1\); changed: k_principles: 1 -> 2"):
+    fb.write_feedback(prompts, _keyed_pair, _constitution(), judge, out,
+                      fb.FeedbackSettings(k_principles=2), host=Host(1, 2))
 
 
 def test_paper_few_shot_loader(shared_data, tmp_path):

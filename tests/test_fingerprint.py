@@ -127,3 +127,90 @@ def test_truncated_gzip_names_the_file_and_the_lines_read(tmp_path):
   path.write_bytes(b"plain text, not gzip\n")
   with pytest.raises(ValueError, match=r"prompts.jsonl.gz: not a valid gzip file"):
     list(jsonl.iter_jsonl(path))
+
+
+# ----------------------------------------------------------------------------- shards per host
+
+
+def test_each_host_appends_to_its_own_shard_and_merged_orders_by_item(tmp_path):
+  path = tmp_path / ".out.partial.jsonl"
+  hosts = [jsonl.Host(k, 3) for k in range(3)]
+  ids = [f"p{i}" for i in range(7)]
+  assert [h.share(ids) for h in hosts] == [["p0", "p3", "p6"], ["p1", "p4"], ["p2", "p5"]]
+  for h in reversed(hosts):  # finishing order does not matter
+    jsonl.ResumableRecords(path, {"t": 1}, "x", h).add([{"id": i} for i in h.share(ids)])
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+      f".out.partial-0000{k}-of-00003.jsonl" for k in range(3)]
+  log = jsonl.ResumableRecords(path, {"t": 1}, "x", hosts[0])
+  assert sorted(log.done) == ["p0", "p3", "p6"]  # the other hosts' shards are theirs until merged
+  assert [r["id"] for r in log.merged(ids)] == ids
+  with pytest.raises(ValueError, match=r"x: 1 of 8 records are in no shard .*'p7'"):
+    log.merged(ids + ["p7"])
+
+
+def test_finish_merges_on_host_0_only_between_two_barriers(tmp_path):
+  path, out, calls = tmp_path / ".o.partial.jsonl", tmp_path / "o.jsonl", []
+  one = jsonl.ResumableRecords(path, {}, "x", jsonl.Host(1, 2))
+  one.add([{"id": "b"}])
+  assert one.finish(out, ["a", "b"], sync=calls.append) is None and not out.exists()
+  zero = jsonl.ResumableRecords(path, {}, "x", jsonl.Host(0, 2))
+  zero.add([{"id": "a"}])
+  assert zero.finish(out, ["a", "b"], {"c": {"id": "c", "v": 1}}, calls.append) == [
+      {"id": "a"}, {"id": "b"}]
+  assert out.read_text() == '{"id": "a"}\n{"id": "b"}\n'
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["o.jsonl"]
+  assert len(calls) == 4 and calls[0].endswith("every host wrote its shard")
+
+
+def test_a_rerun_on_another_number_of_hosts_keeps_what_the_old_shards_hold(tmp_path):
+  path = tmp_path / ".o.partial.jsonl"
+  jsonl.ResumableRecords(path, {}, "x", jsonl.Host(1, 2)).add([{"id": "b"}])
+  with open(path.with_name(".o.partial-00001-of-00002.jsonl"), "a") as f:
+    f.write('{"id": "d", "ans')  # the old host was killed mid-write
+  alone = jsonl.ResumableRecords(path, {}, "x")
+  assert sorted(alone.done) == ["b"]
+  # Read, never repaired: the torn line belongs to a writer that is gone.
+  assert path.with_name(".o.partial-00001-of-00002.jsonl").read_text().endswith('"ans')
+
+
+# ----------------------------------------------------------------------------- the stages
+
+
+def _tiny_config(workdir):
+  from cai_jax import config as config_lib
+  from cai_jax.cli import _load_experiment
+  config = _load_experiment("experiments/tiny.py")
+  config.workdir = str(workdir)
+  config.sampler.max_new_tokens = 4
+  config.sampler.batch_size = 2
+  config.sl_data.update(n_prompts=2, n_helpful=0, n_rounds=1, n_few_shot=0)
+  config.feedback.update(n_prompts=2, n_few_shot=0)
+  config_lib.validate(config)
+  return config
+
+
+@pytest.mark.parametrize("stage,folder", [("sl_data", "sl_data"), ("feedback", "feedback")])
+def test_a_generation_stage_refuses_to_run_beside_a_live_run(tmp_path, stage, folder):
+  from cai_jax import stages
+  config = _tiny_config(tmp_path)
+  with fp.stage_lock(tmp_path / folder):
+    with pytest.raises(fp.StageBusy, match=f"{folder}: another run is writing here"):
+      stages.get(stage.replace("_", "-"))(config)
+  assert not (tmp_path / folder / f"{'sl_cai' if stage == 'sl_data' else 'feedback'}.jsonl").exists()
+
+
+@pytest.mark.parametrize("stage,field,change,named", [
+    ("sl-data", "sl_data.n_rounds", 2, r"sl_cai.settings.json\); changed: settings.n_rounds: 1 -> 2"),
+    ("feedback", "feedback.k_principles", 2,
+     r"feedback.settings.json\); changed: labels.k_principles: 1 -> 2")])
+def test_a_generation_stage_refuses_other_settings_in_the_same_workdir(tmp_path, stage, field,
+                                                                        change, named):
+  from cai_jax import config as config_lib
+  from cai_jax import stages
+  config = _tiny_config(tmp_path)
+  stages.get(stage)(config)
+  section, name = field.split(".")
+  config[section][name] = change
+  config_lib.validate(config)
+  with pytest.raises(ValueError, match=named):
+    stages.get(stage)(config)

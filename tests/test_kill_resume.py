@@ -3,8 +3,8 @@
 Each stage runs as a subprocess on the tiny model (tests/resume_harness.py): once
 uninterrupted, then, for two seeded kill points, SIGKILLed as soon as its files show that
 much progress and rerun on the same workdir. Training stages (rm, harmless-rm) must end
-with bit-identical parameters; generation stages (sl-data, eval-safety, eval-harmless) with
-the same records: none lost, none twice, the same text.
+with bit-identical parameters; generation stages (sl-data, feedback, eval-safety,
+eval-harmless) with the same records: none lost, none twice, the same text.
 """
 
 from __future__ import annotations
@@ -135,11 +135,21 @@ def _generation_kill_resume(tmp_path, cache, stage: str, overrides: dict, progre
 
 
 def test_sl_data_killed_and_resumed_writes_the_same_records(tmp_path, cache):
-  # 6 red-team + 2 helpful prompts in batches of 2: four appends to sl_cai.jsonl.
+  # 6 red-team + 2 helpful prompts in batches of 2: the shard's settings line, then four
+  # appends; host 0 merges the shard into sl_cai.jsonl at the end.
   _generation_kill_resume(tmp_path, cache, "sl-data", {
       "sl_data.n_prompts": 6, "sl_data.n_helpful": 2, "sl_data.n_rounds": 1,
       "sl_data.n_few_shot": 1, "sampler.batch_size": 2, "sampler.max_new_tokens": 16},
-      "sl_data/sl_cai.jsonl", 8, ["sl_data/sl_cai.jsonl"], r"[1-9]\d* already in")
+      "sl_data/.sl_cai.partial.jsonl", 9, ["sl_data/sl_cai.jsonl"], r"[1-9]\d* already in")
+
+
+def test_feedback_killed_and_resumed_writes_the_same_labels(tmp_path, cache):
+  # 8 prompts in batches of 2, two principles each: the shard's settings line, then four
+  # appends. Answers are seeded by prompt ids, so a resumed run draws the unbroken run's.
+  _generation_kill_resume(tmp_path, cache, "feedback", {
+      "feedback.n_prompts": 8, "feedback.k_principles": 2, "feedback.n_few_shot": 0,
+      "sampler.batch_size": 2, "sampler.max_new_tokens": 16},
+      "feedback/.feedback.partial.jsonl", 9, ["feedback/feedback.jsonl"], r"[1-9]\d* already in")
 
 
 def test_eval_safety_killed_and_resumed_writes_the_same_answers(tmp_path, cache):

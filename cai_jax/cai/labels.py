@@ -25,7 +25,11 @@ Options (`FeedbackSettings`; the stage `feedback` fills them from its config sec
   - hard_labels: p_a rounded to 0 or 1 (0.5 stays 0.5).
 Output: preference JSONL {"id", "prompt", "response_a", "response_b", "p_a",
 "principles", "source": "ai", "provenance": ["<tier>:<layer>:<file>" per principle]}
-appended record by record; rerunning resumes.
+in prompt order. Batches are appended and fsynced to a per-host shard beside it and
+host 0 merges the shards at the end (data/jsonl.py ResumableRecords); rerunning resumes.
+A prompt's randomness (its pair of answers, its principles, its CoT reasoning) comes
+from the seed and the prompt's id or text, never its position, so a resumed or multi-host
+run writes what one unbroken run writes.
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ import zlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
+
+from cai_jax import paths
+from cai_jax.data.jsonl import Host, ResumableRecords, read_appended
 
 log = logging.getLogger(__name__)
 
@@ -199,51 +206,49 @@ def label_pairs(items: Sequence[tuple[str, str, str]], questions: Sequence[Seque
   return labels
 
 
-def read_done_ids(path: pathlib.Path) -> set[str]:
-  """Ids already in a preference JSONL; a truncated last line (interrupted run) is cut off."""
-  if not path.exists():
-    return set()
-  data = path.read_bytes()
-  if data and not data.endswith(b"\n"):
-    keep = data.rfind(b"\n") + 1
-    log.warning("%s: dropping a truncated last record left by an interrupted run", path)
-    with open(path, "r+b") as f:
-      f.truncate(keep)
-    data = data[:keep]
-  done = set()
-  for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
-    try:
-      done.add(json.loads(line)["id"])
-    except (json.JSONDecodeError, KeyError, TypeError):
-      raise ValueError(f"{path}:{n}: not a preference record; fix or remove the file") from None
-  return done
+def row_id(key: str) -> int:
+  """A sampling row seed from a stable key (a prompt id, or a feedback prompt's text): the
+  same key draws the same randomness whatever the batch, resume point or host."""
+  return zlib.crc32(key.encode()) & 0x7FFFFFFF
 
 
 def write_feedback(prompts, sample_pair: Callable, constitution, logprob_fn: LogprobFn,
-                   out: pathlib.Path, s: FeedbackSettings, prefix: str = "",
-                   generate_fn: GenerateFn | None = None, batch_size: int = 8) -> int:
-  """Labels every prompt not yet in `out`; `sample_pair(prompts) -> [(a, b)]`. Returns the
-  number of new records."""
+                   out, s: FeedbackSettings, prefix: str = "",
+                   generate_fn: GenerateFn | None = None, batch_size: int = 8, *,
+                   host: Host = Host(), sync: Callable[[str], None] = lambda name: None,
+                   settings: dict | None = None) -> int:
+  """Labels every prompt of this host's share (`host.share`) not yet in `out` (local or
+  gs://); `sample_pair(prompts) -> [(a, b)]` gets Prompt records (row seeds from their
+  ids). Each batch is appended and fsynced to this host's shard beside `out`; once every
+  host is done (`sync`, a barrier) host 0 writes `out` in prompt order. `settings` (default
+  `s`) is the fingerprint the shards carry. Returns the number of new records here."""
   from tqdm import tqdm
 
-  out.parent.mkdir(parents=True, exist_ok=True)
-  done = read_done_ids(out)
-  todo = [p for p in prompts if p.id not in done]
-  written = 0
-  with out.open("a", encoding="utf-8") as f, tqdm(total=len(todo), desc="feedback") as bar:
+  out = paths.as_path(out)
+  finished: dict[str, dict] = {}  # a finished run's records (or an older version's, appended)
+  for n, record in enumerate(read_appended(out), 1):
+    if not isinstance(record.get("id"), str):
+      raise ValueError(f"{out}:{n}:id: not a preference record; fix or remove the file")
+    finished[record["id"]] = record
+  shards = ResumableRecords(out.with_name(f".{out.stem}.partial.jsonl"),
+                            dataclasses.asdict(s) if settings is None else settings,
+                            f"the feedback records in {out}", host)
+  todo = [p for p in host.share(prompts) if p.id not in finished and p.id not in shards.done]
+  log.info("feedback: %d prompts (host %d of %d), %d already in %s, %d to label here",
+           len(prompts), host.index, host.count, len(finished) + len(shards.done), out, len(todo))
+  with tqdm(total=len(todo), desc="feedback", unit="prompt") as bar:
     for start in range(0, len(todo), batch_size):
       chunk = todo[start:start + batch_size]
-      pairs = sample_pair([p.text for p in chunk])
-      principles = [constitution.sample(np.random.default_rng(
-          [s.seed, zlib.crc32(p.id.encode())]), s.k_principles) for p in chunk]
+      pairs = sample_pair(chunk)
+      principles = [constitution.sample(np.random.default_rng([s.seed, zlib.crc32(p.id.encode())]),
+                                        s.k_principles) for p in chunk]
       items = [(f"Human: {p.text}", a, b) for p, (a, b) in zip(chunk, pairs)]
       labels = label_pairs(items, [[pr.feedback for pr in prs] for prs in principles], logprob_fn,
                            s, prefix, generate_fn)
-      for p, (a, b), prs, pa in zip(chunk, pairs, principles, labels):
-        rec = Preference(p.id, p.text, a, b, pa, tuple(pr.id for pr in prs),
-                         provenance=tuple(f"{pr.tier}:{pr.layer}:{pr.source}" for pr in prs))
-        f.write(rec.to_json() + "\n")
-        written += 1
-      f.flush()
+      shards.add([json.loads(Preference(
+          p.id, p.text, a, b, pa, tuple(pr.id for pr in prs),
+          provenance=tuple(f"{pr.tier}:{pr.layer}:{pr.source}" for pr in prs)).to_json())
+          for p, (a, b), prs, pa in zip(chunk, pairs, principles, labels)])  # appended, fsynced
       bar.update(len(chunk))
-  return written
+  shards.finish(out, [p.id for p in prompts], finished, sync)
+  return len(todo)

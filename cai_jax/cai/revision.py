@@ -17,11 +17,14 @@ critique request, assistant: critique, user: revision request]. Unlike the
 paper, which keeps appending rounds to one growing transcript, each round here
 starts from the latest revision alone (a bounded context for small models).
 
-Output: JSONL, one record per prompt, appended and fsync'ed per batch. A rerun
-resumes: complete records are kept, a truncated last line (a kill mid-write) is
-cut off with a warning, and only the missing prompts are generated. Each
-prompt's randomness derives from (seed, prompt id), so the order and grouping
-of the work does not change what a prompt gets.
+Output: JSONL, one record per prompt in prompt order. Records are appended and
+fsync'ed per batch to a per-host shard beside it (data/jsonl.py ResumableRecords);
+host 0 merges the shards when every host is done. A rerun resumes: complete
+records are kept, a truncated last line (a kill mid-write) is cut off with a
+warning, and only the missing prompts are generated. Each prompt's randomness
+derives from (seed, prompt id), so the order, grouping and host of the work do
+not change what a prompt gets: N hosts, or a killed and resumed run, write
+exactly what one unbroken run writes.
 """
 
 from __future__ import annotations
@@ -30,18 +33,18 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
-import pathlib
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from cai_jax.sampling import TextSampler
+from cai_jax import paths
 from cai_jax.constitution import Constitution, FewShotExample, Principle
+from cai_jax.data.jsonl import Host, ResumableRecords, read_appended
 from cai_jax.data.prompts import Prompt
+from cai_jax.sampling import TextSampler
 
 log = logging.getLogger(__name__)
 MODES = ("critique", "direct")
@@ -124,31 +127,22 @@ def revision_messages(prefix, prompt: str, answer: str, principle: Principle,
 # ----------------------------------------------------------------------------- resume
 
 
-def read_done_ids(path: pathlib.Path, expected_fingerprint: str) -> set[str]:
-  """Ids of complete records in `path`; cuts a truncated last line off the file."""
-  if not path.exists():
-    return set()
-  data = path.read_bytes()
-  if data and not data.endswith(b"\n"):
-    keep = data.rfind(b"\n") + 1
-    log.warning("%s: dropping a truncated last record (%d bytes) left by an interrupted run",
-                path, len(data) - keep)
-    with open(path, "r+b") as f:
-      f.truncate(keep)
-    data = data[:keep]
-  done: set[str] = set()
-  for line_no, line in enumerate(data.decode("utf-8").splitlines(), start=1):
-    try:
-      record = json.loads(line)
-      rid, fp = record["id"], record["config_fingerprint"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-      raise ValueError(f"{path}:{line_no}: not a complete sl-data record; fix or remove the file") from None
+def read_finished(path, expected_fingerprint: str) -> dict[str, dict]:
+  """id -> record of an sl-data output already at `path` (a finished run's, or an older
+  version's append-only file, whose torn last line is cut off); ValueError naming
+  file:line for a record made under another fingerprint, or one that is not a record."""
+  records = read_appended(path)
+  done: dict[str, dict] = {}
+  for line_no, record in enumerate(records, start=1):
+    rid, fp = record.get("id"), record.get("config_fingerprint")
+    if not isinstance(rid, str) or not isinstance(fp, str):
+      raise ValueError(f"{path}:{line_no}: not a complete sl-data record; fix or remove the file")
     if fp != expected_fingerprint:
       raise ValueError(f"{path}:{line_no}: written with config fingerprint {fp}, but this run's is "
                        f"{expected_fingerprint}; choose another sl_data.out or delete the file")
     if rid in done:
       raise ValueError(f"{path}:{line_no}: record id {rid!r} appears twice")
-    done.add(rid)
+    done[rid] = record
   return done
 
 
@@ -196,39 +190,43 @@ def critique_and_revise(sample, constitution: Constitution, items: Sequence[tupl
 
 def generate_sl_data(sampler: TextSampler, constitution: Constitution, red_team: Sequence[Prompt],
                      helpful: Sequence[Prompt], out_path, settings: SLDataSettings, *,
-                     fp: str) -> dict:
-  """Writes (or completes) the SL-CAI JSONL at out_path; returns a summary dict.
+                     fp: str, host: Host = Host(),
+                     sync: Callable[[str], None] = lambda name: None) -> dict:
+  """Writes (or completes) the SL-CAI JSONL at out_path (local or gs://); returns a summary.
 
-  Prompts go through `sampler` in batches of its settings' batch_size.
+  This host generates its share of the prompts (`host.share`: prompt i on host i % count)
+  in batches of the sampler's batch_size, appending each batch to its shard (a hidden
+  .<name>.partial*.jsonl beside out_path); once every host is done (`sync`, a barrier),
+  host 0 writes out_path with every record in prompt order and deletes the shards.
   """
   if settings.mode not in MODES:
     raise ValueError(f"sl_data.mode: {settings.mode!r}; expected one of {MODES}")
-  out_path = pathlib.Path(out_path)
-  out_path.parent.mkdir(parents=True, exist_ok=True)
+  out_path = paths.as_path(out_path)
   items = [("red_team", p) for p in red_team] + [("helpful", p) for p in helpful]
   ids = [p.id for _, p in items]
   if len(set(ids)) != len(ids):
     raise ValueError(f"sl-data: prompt id {next(i for i in ids if ids.count(i) > 1)!r} is used twice "
                      "(red-team and helpful sets must not share ids)")
-  done = read_done_ids(out_path, fp)
-  todo = [it for it in items if it[1].id not in done]
-  log.info("sl-data: %d prompts, %d already in %s, %d to generate (%s mode, %d rounds)",
-           len(items), len(items) - len(todo), out_path, len(todo), settings.mode, settings.n_rounds)
+  finished = read_finished(out_path, fp)
+  shards = ResumableRecords(out_path.with_name(f".{out_path.stem}.partial.jsonl"),
+                            {"config_fingerprint": fp}, f"the sl-data records in {out_path}", host)
+  todo = [it for it in host.share(items) if it[1].id not in finished and it[1].id not in shards.done]
+  log.info("sl-data: %d prompts (host %d of %d), %d already in %s, %d to generate here (%s mode, "
+           "%d rounds)", len(items), host.index, host.count, len(finished) + len(shards.done),
+           out_path, len(todo), settings.mode, settings.n_rounds)
   sample = _chat_fn(sampler)
   batch_size = sampler.settings.batch_size
   t0 = time.perf_counter()
-  with open(out_path, "a", encoding="utf-8") as f, tqdm(total=len(todo), unit="prompt",
-                                                         desc="sl-data") as bar:
+  with tqdm(total=len(todo), unit="prompt", desc="sl-data") as bar:
     for start in range(0, len(todo), batch_size):
       batch = todo[start:start + batch_size]
       records = critique_and_revise(sample, constitution, batch, settings, sampler.source, fp)
-      f.write("".join(r.to_json() + "\n" for r in records))
-      f.flush()
-      os.fsync(f.fileno())
+      shards.add([json.loads(r.to_json()) for r in records])  # appended and fsynced
       bar.update(len(batch))
   seconds = time.perf_counter() - t0
+  shards.finish(out_path, ids, finished, sync)
   summary = {"out": str(out_path), "written": len(todo), "total": len(items), "seconds": seconds,
-             "prompts_per_s": len(todo) / seconds if todo else 0.0}
+             "prompts_per_s": len(todo) / seconds if todo else 0.0, "hosts": host.count}
   log.info("sl-data: wrote %d records in %.1fs (%.2f prompts/s)", len(todo), seconds,
            summary["prompts_per_s"])
   return summary

@@ -11,6 +11,8 @@ second run on the same folder refuses at once instead of interleaving its
 writes. The lock is taken on the folder itself rather than on a `.lock` file in
 it: nothing is left behind for the documented run tree to account for, and the
 operating system drops the lock when the process dies, `kill -9` included.
+Object storage (a gs:// workdir) has no locks: there the lock is a no-op that says so
+in the log, and one run at a time is the user's to keep.
 """
 
 from __future__ import annotations
@@ -19,10 +21,15 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import pathlib
 from collections.abc import Iterator, Mapping
 from typing import Any
+
+from cai_jax import paths
+
+log = logging.getLogger(__name__)
 
 MAX_LISTED = 8  # changed fields named in one message; the rest are counted
 
@@ -90,7 +97,7 @@ def check_settings(stored: Mapping[str, Any], settings: Mapping[str, Any], what:
 
 def read_settings_file(path: str | pathlib.Path) -> dict:
   """A settings file as check_or_write wrote it; ValueError naming it when it is not one."""
-  path = pathlib.Path(path)
+  path = paths.as_path(path)
   try:
     stored = json.loads(path.read_text(encoding="utf-8"))
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -103,15 +110,8 @@ def read_settings_file(path: str | pathlib.Path) -> dict:
 
 
 def write_atomically(path: str | pathlib.Path, text: str) -> None:
-  """Writes `text` to `path` through a temporary file, fsynced and renamed into place."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  """Writes `text` to `path` (local or remote) through a temporary file renamed into place."""
+  paths.write_atomically(path, text)
 
 
 def settings_record(settings: Mapping[str, Any], what: str) -> dict:
@@ -128,7 +128,7 @@ def check_or_write(path: str | pathlib.Path, settings: Mapping[str, Any], what: 
   fields and `path`, and saying how to go on: `remedy`, by default a new workdir, or
   deleting `path` and the outputs it describes.
   """
-  path = pathlib.Path(path)
+  path = paths.as_path(path)
   if path.is_file():
     check_settings(read_settings_file(path), settings, what, path, remedy or
                    f"use a new workdir, or delete {path} and the outputs it describes to start over")
@@ -140,7 +140,13 @@ def check_or_write(path: str | pathlib.Path, settings: Mapping[str, Any], what: 
 @contextlib.contextmanager
 def stage_lock(directory: str | pathlib.Path) -> Iterator[pathlib.Path]:
   """Holds an exclusive lock on `directory` (created if needed) while the block runs; raises
-  StageBusy at once when another run holds it."""
+  StageBusy at once when another run holds it. A remote folder cannot be locked: logged."""
+  if paths.is_remote(directory):
+    paths.as_path(directory).mkdir(parents=True, exist_ok=True)
+    log.warning("%s: object storage has no locks; make sure no other run writes here now",
+                directory)
+    yield paths.as_path(directory)
+    return
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   fd = os.open(directory, os.O_RDONLY)

@@ -15,6 +15,7 @@ import importlib.resources
 import pathlib
 import re
 
+from cai_jax import paths
 from cai_jax.data.jsonl import iter_jsonl
 
 BUILTIN = ("red_team", "helpful")
@@ -36,7 +37,7 @@ def first_human_turn(transcript: str) -> str | None:
   return match.group(1).strip() if match else None
 
 
-def _read_jsonl(path: pathlib.Path, limit: int | None, dedupe: bool) -> list[Prompt]:
+def _read_jsonl(path: paths.AnyPath, limit: int | None, dedupe: bool) -> list[Prompt]:
   prompts: list[Prompt] = []
   seen: set[str] = set()
   stem = path.name.split(".")[0]
@@ -82,11 +83,12 @@ def builtin_path(name: str) -> pathlib.Path:
 
 
 def load_prompts(spec: str, limit: int | None = None, dedupe: bool = True) -> list[Prompt]:
-  """Prompts from a built-in set name or a JSONL(.gz) path (see the module docstring)."""
+  """Prompts from a built-in set name or a JSONL(.gz) path, local or a URL (gs://...; see
+  the module docstring)."""
   if spec in BUILTIN:
     path = builtin_path(spec)
   else:
-    path = pathlib.Path(spec)
+    path = paths.as_path(spec)
     if not path.is_file():
       raise ValueError(f"prompts: {spec!r} is neither a built-in set {BUILTIN} nor an existing file")
   return _read_jsonl(path, limit, dedupe)

@@ -3,7 +3,7 @@
 A conversation is [system: the deployment's prompt (+ the item's own system text)] then
 the item's user turns; the model under audit answers each earlier turn itself, so a
 multi-turn escalation sees its own replies. Row seeds come from item ids: an item draws
-the same randomness under every model, batch size and order.
+the same randomness under every model, batch size, order, resume point and host.
 
 Verdicts (`violates`), from the refusal class of the last answer (evals/refusal.py:
 full_compliance | full_refusal | partial_refusal) and the item's stance:
@@ -36,6 +36,8 @@ HIJACK_CHARS = 40
 ChatFn = Callable[[list[list[dict]], list[int], int], list[str]]
 # (prompts, continuations) -> summed log-probs.
 LogprobFn = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
+# (items, their (final answer, earlier answers)) -> None: a finished chunk, to keep.
+ChunkFn = Callable[[list[AuditItem], list[tuple[str, tuple[str, ...]]]], None]
 # (prompts, answers) -> refusal classes.
 Classifier = Callable[[Sequence[str], Sequence[str]], Sequence[str]]
 
@@ -72,20 +74,27 @@ def conversation(item: AuditItem, deployment: str, earlier: Sequence[str]) -> li
 
 
 def answer_items(chat: ChatFn, items: Sequence[AuditItem], deployment: str, chunk: int,
-                 desc: str = "audit") -> list[tuple[str, tuple[str, ...]]]:
-  """(final answer, earlier answers) per item; turn t of every item is sampled with step t."""
-  replies: list[list[str]] = [[] for _ in items]
-  total = sum(len(it.turns) for it in items)
-  with tqdm(total=total, unit="turn", desc=desc) as bar:
-    for turn in range(max((len(it.turns) for it in items), default=0)):
-      todo = [i for i, it in enumerate(items) if len(it.turns) > turn]
-      for start in range(0, len(todo), chunk):
-        part = todo[start:start + chunk]
-        convs = [conversation(items[i], deployment, replies[i]) for i in part]
-        for i, text in zip(part, chat(convs, [row_id(items[i].id) for i in part], turn)):
+                 desc: str = "audit", on_chunk: ChunkFn | None = None,
+                 ) -> list[tuple[str, tuple[str, ...]]]:
+  """(final answer, earlier answers) per item; turn t of every item is sampled with step t.
+  Items go `chunk` at a time through all their turns; `on_chunk(items, answers)` gets each
+  finished chunk (a stage keeps them on disk, so a killed run resumes by item)."""
+  out: list[tuple[str, tuple[str, ...]]] = []
+  with tqdm(total=sum(len(it.turns) for it in items), unit="turn", desc=desc) as bar:
+    for start in range(0, len(items), chunk):
+      part = list(items[start:start + chunk])
+      replies: list[list[str]] = [[] for _ in part]
+      for turn in range(max(len(it.turns) for it in part)):
+        live = [i for i, it in enumerate(part) if len(it.turns) > turn]
+        convs = [conversation(part[i], deployment, replies[i]) for i in live]
+        for i, text in zip(live, chat(convs, [row_id(part[i].id) for i in live], turn)):
           replies[i].append(text)
-        bar.update(len(part))
-  return [(r[-1], tuple(r[:-1])) for r in replies]
+        bar.update(len(live))
+      answers = [(r[-1], tuple(r[:-1])) for r in replies]
+      if on_chunk is not None:
+        on_chunk(part, answers)
+      out += answers
+  return out
 
 
 def is_hijacked(answer: str, canary: str) -> bool:

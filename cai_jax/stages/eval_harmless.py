@@ -9,7 +9,9 @@ the scored model(s), comma-separated (default this workdir's SFT export, else
 config.model); harmless.baseline: the comparison (default config.model). Both answer each prompt once with the same
 sampler settings and seed. The evaluator reads text through config.model's tokenizer
 and chat template (its trunk's). Writes <workdir>/harmless/harmless.json,
-answers.jsonl (per-answer scores) and harmless.png.
+answers.jsonl (per-answer scores) and harmless.png. Resumable (answers are kept as they
+come, seeded by prompt ids); one run at a time. On several hosts each answers its share
+of the prompts and host 0 scores them all.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ import zlib
 
 from tqdm import tqdm
 
+from cai_jax import paths
 from cai_jax.data import fingerprint
-from cai_jax.data.jsonl import ResumableRecords, iter_jsonl
+from cai_jax.data.jsonl import Host, ResumableRecords, iter_jsonl
 from cai_jax.data.prompts import load_prompts
 from cai_jax.evals import harmlessness
 from cai_jax.models.reward import load_reward_model
@@ -37,7 +40,7 @@ log = logging.getLogger("cai_jax.stages")
 
 def missing_inputs(config) -> str | None:
   """Why this stage cannot run (the pipeline skips it, loudly), or None."""
-  path = pathlib.Path(config.harmless.model or common.layout(config).harmless_model)
+  path = paths.as_path(config.harmless.model or common.layout(config).harmless_model)
   if path.is_dir():
     return None
   return (f"no harmlessness evaluator at {path} (stage harmless-rm trains it from "
@@ -46,7 +49,7 @@ def missing_inputs(config) -> str | None:
 
 def evaluator_dir(config) -> pathlib.Path:
   """harmless.model, or this workdir's harmless_rm/model; FileNotFoundError when absent."""
-  path = pathlib.Path(config.harmless.model or common.layout(config).harmless_model)
+  path = paths.as_path(config.harmless.model or common.layout(config).harmless_model)
   if not path.is_dir():
     raise FileNotFoundError(f"harmless.model: no evaluator reward model at {path}; "
                             "run stage harmless-rm first (or set harmless.model)")
@@ -92,10 +95,10 @@ def run(config) -> dict:
   baseline = c.baseline or config.model.source
   common.say_start_model(f"{STAGE} (baseline)", baseline,
                          "set in the config" if c.baseline else "config.model")
-  out = layout.stage_dir(STAGE)
-  with fingerprint.stage_lock(out):
-    stores = _answer_stores(config, out, list(dict.fromkeys([baseline] + policies)))
-    mesh = common.eval_mesh(config)
+  out, host = layout.stage_dir(STAGE), common.host()
+  with common.generation_lock(out, host):
+    stores = _answer_stores(config, out, list(dict.fromkeys([baseline] + policies)), host)
+    mesh = common.generation_mesh(config)
     # One model on the device at a time; a model that is the baseline reuses its samples.
     answers, text_model = {}, None
     for source, store in stores.items():
@@ -105,6 +108,8 @@ def run(config) -> dict:
       if loaded is not None and source == config.model.source:
         text_model = types.SimpleNamespace(tokenizer=loaded.tokenizer, chat=loaded.chat)
       loaded = None
+    if host.index != 0:  # host 0 scores every answer and writes the results
+      return common.finish(STAGE, dict(hosts=host.count, host=host.index))
     base_answers = answers[baseline]
     score_fn = load_evaluator(config, mesh, text_model)
     texts = [p.text for p in prompts]
@@ -140,8 +145,9 @@ class _AnswerStore:
   """One model's answers to the prompts: those on disk (a finished answers.jsonl made with
   the same settings, or a killed run's partial file) and the rest, sampled and appended."""
 
-  def __init__(self, config, out: pathlib.Path, source: str, recorded: dict, finished: dict):
-    self.source = source
+  def __init__(self, config, out: pathlib.Path, source: str, recorded: dict, finished: dict,
+               host: Host = Host()):
+    self.source, self.host = source, host
     self.settings = common.answer_settings(config, common.model_spec(config, source),
                                            common.sampler_settings(
                                                config, max_new_tokens=config.harmless.max_new_tokens))
@@ -151,7 +157,7 @@ class _AnswerStore:
                                  f"use a new workdir, or delete {out} to evaluate again")
     self.finished = finished if source in recorded else {}
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", "_".join(pathlib.Path(source).parts[-2:]))[:60]
-    self.log = ResumableRecords(out / f".answers_{name}.partial.jsonl", self.settings, what)
+    self.log = ResumableRecords(out / f".answers_{name}.partial.jsonl", self.settings, what, host)
 
   def _cached(self, prompt) -> str | None:
     record = self.log.done.get(prompt.id) or self.finished.get(prompt.id)
@@ -164,16 +170,18 @@ class _AnswerStore:
     return record["answer"]
 
   def answer_all(self, config, prompts, mesh):
-    """(an answer per prompt, the loaded model or None when every answer was on disk)."""
-    have = {p.id: self._cached(p) for p in prompts}
-    todo = [p for p in prompts if have[p.id] is None]
+    """(an answer per prompt, the loaded model or None when every answer was on disk). This
+    host samples its share of the prompts; once every host has, host 0 gets all answers
+    (the other hosts: None)."""
+    have = {p.id: self._cached(p) for p in self.host.share(prompts)}
+    todo = [p for p in self.host.share(prompts) if have[p.id] is None]
     loaded = None
     if todo:
       loaded = common.load(config, mesh, rules="sample", source=self.source)
       settings = common.sampler_settings(config, max_new_tokens=config.harmless.max_new_tokens)
       sampler = TextSampler(loaded, settings, mesh=mesh, seed=config.seed)
-      log.info("%s: %s: %d answers on disk, %d to sample", STAGE, self.source,
-               len(prompts) - len(todo), len(todo))
+      log.info("%s: %s: %d answers on disk, %d to sample (host %d of %d)", STAGE, self.source,
+               len(have) - len(todo), len(todo), self.host.index, self.host.count)
       chunk = 4 * settings.batch_size
       with tqdm(total=len(todo), unit="prompt", desc=f"answers ({self.source})") as bar:
         for start in range(0, len(todo), chunk):
@@ -182,12 +190,17 @@ class _AnswerStore:
           got = sampler.chat([[{"role": "user", "content": p.text}] for p in part],
                              row_ids=[zlib.crc32(p.id.encode()) for p in part])
           self.log.add([{"id": p.id, "prompt": p.text, "answer": a} for p, a in zip(part, got)])
-          have.update((p.id, a) for p, a in zip(part, got))
           bar.update(len(part))
-    return [have[p.id] for p in prompts], loaded
+    common.barrier(f"{STAGE}: {self.source} answered on every host")
+    if self.host.index != 0:
+      return None, loaded
+    for record in self.log.merged([p.id for p in prompts], known=self.finished):
+      self.log.done.setdefault(record["id"], record)
+    return [self._cached(p) for p in prompts], loaded
 
 
-def _answer_stores(config, out: pathlib.Path, sources: list[str]) -> dict[str, _AnswerStore]:
+def _answer_stores(config, out: pathlib.Path, sources: list[str],
+                   host: Host = Host()) -> dict[str, _AnswerStore]:
   """A store per answering model; every model's settings are checked before any loads."""
   recorded, finished = {}, {}
   if (out / SETTINGS_FILE).is_file():
@@ -200,7 +213,7 @@ def _answer_stores(config, out: pathlib.Path, sources: list[str]) -> dict[str, _
     except (ValueError, KeyError) as e:  # absent, or torn by a kill while it was rewritten
       log.info("%s: no finished answers to reuse (%s)", STAGE, e)
       finished = {}
-  return {s: _AnswerStore(config, out, s, recorded, finished.get(s, {})) for s in sources}
+  return {s: _AnswerStore(config, out, s, recorded, finished.get(s, {}), host) for s in sources}
 
 
 def _write_recorded(out: pathlib.Path, stores: dict[str, _AnswerStore]) -> None:

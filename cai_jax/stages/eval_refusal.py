@@ -11,12 +11,14 @@ refusal.backend: rules (no model) | judge (config.model reads a multiple-choice 
 the class letter with the highest log-prob wins; eval.batch_size and eval.max_prompt_len apply).
 Prints per-class precision/recall, the confusion matrix and the agreement with its 95% Wilson
 interval; writes <workdir>/eval/refusal_<backend>.json (the summary plus the disagreements).
+On several hosts the judge's items are split over them and host 0 reports.
 """
 
 from __future__ import annotations
 
 import json
 
+from cai_jax.data.jsonl import ResumableRecords
 from cai_jax.evals import refusal
 from cai_jax.sampling import TextSampler
 from cai_jax.stages import common
@@ -24,7 +26,7 @@ from cai_jax.stages import common
 
 def judge_sampler(config) -> TextSampler:
   """config.model as the judge, built as eval-hhh builds its sampler."""
-  mesh = common.eval_mesh(config)
+  mesh = common.generation_mesh(config)  # eval_mesh on one host; this host's devices on several
   loaded = common.load(config, mesh, rules="sample")
   common.say_start_model("eval-refusal (judge)", loaded.source, "config.model")
   return TextSampler(loaded, common.judge_settings(config), mesh=mesh, seed=config.seed)
@@ -53,13 +55,43 @@ def report_text(report: dict) -> str:
   return "\n".join(lines)
 
 
+def classify_on_hosts(config, items: list) -> list[str] | None:
+  """The classifier's class for every item. With the judge on several hosts, each host
+  judges its share (item i on host i % count) into a shard beside the report and host 0
+  gets all classes once every host is done (the others: None). The rules need no model:
+  host 0 classifies alone."""
+  r, host = config.refusal, common.host()
+  if host.index != 0 and r.backend != "judge":
+    return None
+  if host.count == 1 or r.backend != "judge":
+    judge = judge_sampler(config) if r.backend == "judge" else None
+    return refusal.classify([it.prompt for it in items], [it.completion for it in items],
+                            backend=r.backend, judge=judge)
+  out = common.layout(config).stage_dir("eval-refusal") / f".refusal_{r.backend}.partial.jsonl"
+  settings = dict(model=config.model.to_dict(), eval=config.eval.to_dict(),
+                  items=common.data_hash(items))
+  shards = ResumableRecords(out, settings, f"the refusal judge's classes in {out}", host)
+  ids = [f"{i:06d}" for i in range(len(items))]
+  mine = [i for i in host.share(range(len(items))) if ids[i] not in shards.done]
+  if mine:
+    got = refusal.classify([items[i].prompt for i in mine], [items[i].completion for i in mine],
+                           backend="judge", judge=judge_sampler(config))
+    shards.add([dict(id=ids[i], predicted=p) for i, p in zip(mine, got)])
+  common.barrier("eval-refusal: every host judged its share")
+  if host.index != 0:
+    return None
+  records = shards.merged(ids)
+  shards.remove()
+  return [rec["predicted"] for rec in records]
+
+
 def run(config) -> dict:
   r = config.refusal
   data = common.repo_path(r.data) if r.data else str(refusal.builtin_labelled_path())
   items = refusal.load_labelled(data)
-  judge = judge_sampler(config) if r.backend == "judge" else None
-  predictions = refusal.classify([it.prompt for it in items], [it.completion for it in items],
-                                 backend=r.backend, judge=judge)
+  predictions = classify_on_hosts(config, items)
+  if predictions is None:  # another host: host 0 reports
+    return common.finish("eval-refusal", dict(hosts=common.host().count, host=common.host().index))
   report = refusal.agreement_report([it.label for it in items], predictions)
   print(f"refusal classifier ({r.backend}) on {data}\n{report_text(report)}", flush=True)
   summary = dict(n=report["n"], agreement=report["agreement"], ci95=report["ci95"],

@@ -15,6 +15,8 @@ come (its first line: the settings that made them), so a killed run continues wh
 stopped, with the answers an unbroken run gives (each prompt's randomness comes from its
 id). safety.json records each answer file's settings; a rerun reuses finished answers
 when they match and refuses when they do not, naming what changed. One run at a time.
+On several hosts each answers its share of the prompts (its own partial file) and host
+0, once all are done, classifies every answer and writes the results.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import re
 from tqdm import tqdm
 
 from cai_jax.data import fingerprint
-from cai_jax.data.jsonl import ResumableRecords, iter_jsonl
+from cai_jax.data.jsonl import Host, ResumableRecords, iter_jsonl
 from cai_jax.evals import refusal, safety
 from cai_jax.sampling import TextSampler
 from cai_jax.stages import common
@@ -79,7 +81,7 @@ class _Plan:
   """One model's answers: where they go, the settings that make them, what is done."""
 
   def __init__(self, config, out: pathlib.Path, i: int, source: str | None, settings,
-               recorded: dict):
+               recorded: dict, host: Host = Host()):
     self.spec = common.model_spec(config, source)
     self.name = common.source_label(self.spec)
     self.path = out / f"answers_{i}_{short_name(self.name)}.jsonl"
@@ -89,7 +91,8 @@ class _Plan:
     if previous is not None:
       fingerprint.check_settings(previous, self.settings, what, out / "safety.json",
                                  f"use a new workdir, or delete {out} to evaluate again")
-    self.log = ResumableRecords(out / f".{self.path.stem}.partial.jsonl", self.settings, what)
+    self.log = ResumableRecords(out / f".{self.path.stem}.partial.jsonl", self.settings, what,
+                                host)
     self.finished = {}
     if previous is not None and self.path.is_file():
       try:
@@ -108,42 +111,55 @@ class _Plan:
                        f"{self.path.parent} to evaluate again")
     return record["answer"]
 
+  def all_answers(self, items: list[safety.SafetyPrompt]) -> list[str]:
+    """Every host's answers (host 0, once all have answered), in item order."""
+    records = self.log.merged([it.id for it in items], known=self.finished)
+    for it, record in zip(items, records):
+      self.log.done[it.id] = record
+    return [self.cached(it) for it in items]
+
   def save(self, part: list[safety.SafetyPrompt], answers: list[str]) -> None:
     self.log.add([{"id": it.id, "prompt": it.prompt, "answer": a} for it, a in zip(part, answers)])
 
 
 def run(config) -> dict:
-  s, layout = config.safety, common.layout(config)
+  s, layout, host = config.safety, common.layout(config), common.host()
   path = common.repo_path(s.data) if s.data else safety.builtin_safety_path()
   items = safety.load_safety_prompts(path, s.limit)
   sources = [None] + [m.strip() for m in s.models.split(",") if m.strip()]
   settings = common.sampler_settings(config, max_new_tokens=s.max_new_tokens)
   backend = config.refusal.backend
   out = layout.stage_dir(STAGE)
-  with fingerprint.stage_lock(out):
+  with common.generation_lock(out, host):
     # Every model's settings are checked before any model is loaded.
     recorded = _recorded(out)
-    plans = [_Plan(config, out, i, source, settings, recorded) for i, source in enumerate(sources)]
-    mesh = common.eval_mesh(config)
+    plans = [_Plan(config, out, i, source, settings, recorded, host)
+             for i, source in enumerate(sources)]
+    mesh = common.generation_mesh(config)
     judge, answers = None, []
     for i, plan in enumerate(plans):
-      have = {it.id: plan.cached(it) for it in items}
-      todo = [it for it in items if have[it.id] is None]
-      if todo or (i == 0 and backend == "judge"):
+      todo = [it for it in host.share(items) if plan.cached(it) is None]
+      # The judge (config.model, model 0) classifies every answer on host 0.
+      wants_judge = i == 0 and backend == "judge" and host.index == 0
+      if todo or wants_judge:
         # Model 0 is config.model itself; the others replace only its source (common.model_spec).
         loaded = common.load(config, mesh, rules="sample", source=sources[i])
         common.say_start_model(f"{STAGE} (model {i})", loaded.source,
                                "config.model" if i == 0 else "safety.models")
         sampler = TextSampler(loaded, settings, mesh=mesh, seed=config.seed)
-        common.log.info("%s: model %d: %d answers on disk, %d to sample", STAGE, i,
-                        len(items) - len(todo), len(todo))
-        new = answer_all(sampler, todo, 4 * settings.batch_size, plan.save)
-        have.update((it.id, a) for it, a in zip(todo, new))
-        if i == 0 and backend == "judge":
+        common.log.info("%s: model %d: %d answers on disk, %d to sample (host %d of %d: %d "
+                        "prompts)", STAGE, i, len(host.share(items)) - len(todo), len(todo),
+                        host.index, host.count, len(host.share(items)))
+        answer_all(sampler, todo, 4 * settings.batch_size, plan.save)
+        if wants_judge:
           # config.model stays loaded as the judge, with room for the judge's long prompt.
           judge = TextSampler(loaded, common.judge_settings(config), mesh=mesh, seed=config.seed)
         del loaded, sampler  # free each model's params before the next loads
-      answers.append([have[it.id] for it in items])
+      common.barrier(f"{STAGE}: model {i} answered on every host")
+      if host.index == 0:
+        answers.append(plan.all_answers(items))
+    if host.index != 0:  # host 0 classifies and writes the results
+      return common.finish(STAGE, dict(hosts=host.count, host=host.index))
     summary = _write_results(config, items, plans, answers, classifier(backend, judge), out, path)
     for plan in plans:
       plan.log.remove()  # the finished answer files and safety.json now hold everything

@@ -2,8 +2,13 @@
 
   python -m cai_jax sl-data --config experiments/sl_cai.py
 
-Writes <workdir>/sl_data/sl_cai.jsonl (append-only; a rerun resumes). The
-method lives in cai/revision.py; this file turns config.sl_data into its calls.
+Writes <workdir>/sl_data/sl_cai.jsonl and sl_cai.settings.json (the settings that made
+the records). Resumable: a killed run continues from what its shards hold, and writes the
+records an unbroken run writes; a rerun with other settings is refused, naming the changed
+fields; a second run on the same workdir at once is refused. On several hosts
+(config.distributed) each host generates its share of the prompts and host 0 merges them:
+the same file as one host's. The workdir may be gs://... . The method lives in
+cai/revision.py; this file turns config.sl_data into its calls.
 """
 
 from __future__ import annotations
@@ -27,10 +32,7 @@ def load_constitution(config) -> constitution_lib.Constitution:
 
 
 def run(config) -> dict:
-  c = config.sl_data
-  mesh = common.mesh(config)
-  model = common.load(config, mesh, rules="sample")
-  common.say_start_model("sl-data", model.source, "config.model")
+  c, layout, host = config.sl_data, common.layout(config), common.host()
   constitution = load_constitution(config)
   red = load_prompts(common.repo_path(c.prompts), limit=common.limit(c.n_prompts))
   helpful = (load_prompts(common.repo_path(c.helpful_prompts), limit=common.limit(c.n_helpful))
@@ -47,11 +49,20 @@ def run(config) -> dict:
   if constitution.tier_weights:  # only then: uniform runs keep the fingerprints they always had
     described_run["tier_weights"] = dict(constitution.tier_weights)
   fp = revision.fingerprint(described_run)
-  sampler = TextSampler(model, sampler_settings, mesh=mesh, seed=config.seed)
-  layout = common.layout(config)
-  summary = revision.generate_sl_data(sampler, constitution, red, helpful, layout.sl_data, settings,
-                                      fp=fp)
+  out = layout.sl_data
+  with common.generation_lock(out.parent, host):
+    # Settings first: a changed recipe is refused before the model loads.
+    common.check_output_settings(layout.settings_of(out), described_run,
+                                 f"the sl-data records in {out}", host)
+    mesh = common.generation_mesh(config)
+    model = common.load(config, mesh, rules="sample")
+    common.say_start_model("sl-data", model.source, "config.model")
+    sampler = TextSampler(model, sampler_settings, mesh=mesh, seed=config.seed)
+    summary = revision.generate_sl_data(sampler, constitution, red, helpful, out, settings, fp=fp,
+                                        host=host, sync=common.barrier)
   summary["constitution"] = constitution_stage.describe(constitution)
+  if host.index != 0:  # the merged records, their quality and the summary are host 0's
+    return common.finish("sl-data", summary)
   summary["quality"] = quality(config, layout, sampler, mesh)
   return common.finish("sl-data", summary, layout.stage_dir("sl-data") / "summary.json")
 
