@@ -134,3 +134,17 @@ def test_side_is_scored_at_the_end_of_turn():
                            tok, ChatTemplate("chatml"), 100, 2, tok.pad_id)
   assert batch["last_a"][0] == len(ids) - 1 and batch["last_b"][0] == len(ids)
   assert batch["tokens_a"].shape == (2, 32) and batch["weight"].tolist() == [1.0, 0.0]
+
+
+def test_rm_step_counts_the_real_pairs_of_its_global_batch(tiny_cfg):
+  """metrics["pairs"]: the batch's non-padding pairs (weight 1), so a run on many hosts can
+  show that its global batch is the one-process batch and not one copy per host."""
+  mesh = sharding.make_mesh({"data": 4, "tensor": 2})
+  tok, chat = ByteTokenizer(), ChatTemplate("transcript")
+  graphdef, params, p_shard = reward_model.build_reward_model(tiny_cfg, mesh, seed=0)
+  tx = make_optimizer(optim_section(lr=1e-3), 1)
+  state, s_shard = init_train_state(params, p_shard, tx, jax.random.key(0), mesh)
+  step_fn = reward.make_rm_step(graphdef=graphdef, tx=tx, state_shardings=s_shard, mesh=mesh)
+  batch = prefs.make_batch(_synthetic_pairs(5, 0), tok, chat, 32, 8, tok.pad_id)  # 3 padding rows
+  _, metrics = step_fn(state, sharding.shard_global_batch(batch, mesh))
+  assert float(metrics["pairs"]) == 5.0

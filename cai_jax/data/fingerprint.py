@@ -27,6 +27,8 @@ import pathlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import jax
+
 from cai_jax import paths
 
 log = logging.getLogger(__name__)
@@ -149,6 +151,9 @@ def stage_lock(directory: str | pathlib.Path) -> Iterator[pathlib.Path]:
     return
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
+  if jax.process_index() != 0:  # hosts of one multi-host run: process 0 holds the lock
+    yield directory
+    return
   fd = os.open(directory, os.O_RDONLY)
   try:
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -224,8 +224,11 @@ def check_training_settings(layout_: RunLayout, stage: str, settings: dict) -> s
   The record sits in <stage>/checkpoints/settings.json (orbax ignores the file). A record
   with no checkpoint beside it (a run that failed before its first save) is replaced;
   checkpoints with no record (an older version, or a deleted record) are refused."""
-  from cai_jax.data import fingerprint
+  import jax
 
+  from cai_jax.data import fingerprint
+  if jax.process_index() != 0:  # process 0 checks and records; a refusal stops the run there
+    return ""
   directory = layout_.checkpoints(stage)
   path = directory / SETTINGS_FILE
   saved = directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())

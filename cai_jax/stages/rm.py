@@ -7,11 +7,17 @@ AI pairs) and rm.human_data (hh-rlhf JSONL); the trunk starts from rm.init
 (default config.model). Writes <workdir>/rm/ (checkpoints/, metrics.jsonl,
 tb/, summary.json, model/); a rerun resumes, and is refused when the data or a
 setting that shapes the weights changed (checkpoints/settings.json records them);
-a second run on the same workdir at once is refused. The loss is rm.loss (a
+a second run on the same workdir at once is refused. Multi-host (config.distributed): every
+host draws the same global batches and feeds its devices their rows; process 0 holds the
+lock, writes the settings record, metrics and summary. The loss is rm.loss (a
 registry name; config.loss_modules is imported first), recorded in the summary.
 """
 
 from __future__ import annotations
+
+import contextlib
+
+import jax
 
 from cai_jax import losses
 from cai_jax.data import fingerprint
@@ -38,11 +44,15 @@ def run(config) -> dict:
   described = common.training_settings(config, settings, {"ai": (ai_path, ai),
                                                            "human": (c.human_data, human)},
                                         source=c.init or None)
-  with fingerprint.stage_lock(layout.stage_dir("rm")):
-    common.check_training_settings(layout, "rm", described)
+  # One lock and one settings record per run: in a multi-host run (hosts sharing the workdir)
+  # process 0 takes them; the others would find the folder locked by their own run.
+  primary = jax.process_index() == 0
+  with fingerprint.stage_lock(layout.stage_dir("rm")) if primary else contextlib.nullcontext():
+    if primary:
+      common.check_training_settings(layout, "rm", described)
     mesh = common.mesh(config)
     trunk = common.load(config, mesh, rules="train", source=c.init or None)
     common.say_start_model("rm (trunk)", trunk.source, "rm.init" if c.init else "config.model")
     summary = reward.train_reward_model(trunk, ai, human, settings, layout.stage_dir("rm"), mesh)
   summary["loss"] = c.loss
-  return common.finish("rm", summary, layout.summary("rm"))
+  return common.finish("rm", summary, layout.summary("rm") if primary else None)

@@ -7,7 +7,8 @@ advances `state.step` by one and may donate its `state` argument. The loop runs
 it until `state.step == num_steps`, and around it:
   * appends {"step", "stage", **metrics} to `workdir/metrics.jsonl` and writes
     TensorBoard event files under `workdir/tb` (tensorboardX);
-  * logs progress lines with tokens/s and an ETA;
+  * logs progress lines with tokens/s and an ETA (metrics, logs and ALERT.txt come from
+    process 0 alone in a multi-host run: every host runs the loop, one reports);
   * runs `eval_fn(state) -> metrics` every `eval_every` steps ("eval/" prefix);
   * stops with `NonFiniteError` on a NaN/inf metric *before* saving, so the last
     good checkpoint stays the newest one on disk;
@@ -127,10 +128,16 @@ def _abstract(x):
 
 
 class MetricsWriter:
-  """metrics.jsonl (one JSON object per line) + TensorBoard scalars."""
+  """metrics.jsonl (one JSON object per line) + TensorBoard scalars.
+
+  In a multi-host run only process 0 writes (the metrics are global, so every host holds the
+  same numbers); the others' writers do nothing."""
 
   def __init__(self, workdir: pathlib.Path, stage: str):
     self.stage = stage
+    self._jsonl, self._tb = None, None
+    if jax.process_index() != 0:
+      return
     self._jsonl = (workdir / "metrics.jsonl").open("a")
     try:
       from tensorboardX import SummaryWriter
@@ -139,6 +146,8 @@ class MetricsWriter:
       self._tb = None
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
+    if self._jsonl is None:
+      return
     self._jsonl.write(json.dumps({"step": step, "stage": self.stage, **metrics}) + "\n")
     self._jsonl.flush()
     if self._tb is not None:
@@ -146,7 +155,8 @@ class MetricsWriter:
         self._tb.add_scalar(f"{self.stage}/{k}", v, step)
 
   def close(self) -> None:
-    self._jsonl.close()
+    if self._jsonl is not None:
+      self._jsonl.close()
     if self._tb is not None:
       self._tb.close()
 
@@ -196,6 +206,7 @@ def run_loop(*, state: TrainState, step_fn: Callable, batches: Iterable, num_ste
   workdir.mkdir(parents=True, exist_ok=True)
   hooks = tuple(hooks) + _ATTACHED.get()
   writer = MetricsWriter(workdir, stage)
+  primary = jax.process_index() == 0  # logs, progress and the alert file: one host writes them
   batches = iter(batches)
   step = int(state.step)
   start_step, t_start = step, time.perf_counter()
@@ -236,7 +247,7 @@ def run_loop(*, state: TrainState, step_fn: Callable, batches: Iterable, num_ste
           if result.action != "continue":
             request = request or result
     writer.write(at, metrics)
-    if log_every and (at % log_every == 0 or at == num_steps):
+    if log_every and primary and (at % log_every == 0 or at == num_steps):
       elapsed = time.perf_counter() - t_start
       eta = elapsed / max(at - start_step, 1) * (num_steps - at)
       shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
@@ -269,7 +280,8 @@ def run_loop(*, state: TrainState, step_fn: Callable, batches: Iterable, num_ste
       if request is not None:
         save(step)
         alert = workdir / "ALERT.txt"
-        alert.write_text(f"{stage} step {step}: {request.action}: {request.message}\n")
+        if primary:
+          alert.write_text(f"{stage} step {step}: {request.action}: {request.message}\n")
         log.warning("%s: a hook asked to %s at step %d: %s", stage, request.action, step,
                     request.message)
         if request.action == "pause":

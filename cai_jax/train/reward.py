@@ -40,7 +40,9 @@ def rm_step(state: TrainState, batch: Mapping[str, jax.Array], *, graphdef: Any,
     out = loss_fn({"reward_a": ra, "reward_b": rb}, batch, loss_cfg)
     return out.total, out.metrics
 
-  return apply_gradients(state, loss_of, tx)
+  state, metrics = apply_gradients(state, loss_of, tx)
+  # Real (non-padding) pairs in the global batch: the same on one host or many.
+  return state, {**metrics, "pairs": batch["weight"].sum()}
 
 
 BATCH_KEYS = {"tokens_a": 2, "tokens_b": 2, "last_a": 1, "last_b": 1, "p_a": 1, "weight": 1}
@@ -78,13 +80,14 @@ def calibration(d: np.ndarray, p: np.ndarray, n_bins: int = 10) -> dict[str, flo
 
 def score_pairs(graphdef, params, pairs: Sequence[prefs.Pair], tokenizer, chat, *, max_len: int,
                 batch_size: int, mesh) -> np.ndarray:
-  """d = r_a - r_b for each pair (host numpy)."""
-  fn = jax.jit(functools.partial(pair_rewards, graphdef))
+  """d = r_a - r_b for each pair (host numpy; every process gets all of them)."""
+  # Replicated rewards: each host of a multi-host run can read the whole batch's.
+  fn = jax.jit(functools.partial(pair_rewards, graphdef), out_shardings=sharding.replicated(mesh))
   out = []
   for start in range(0, len(pairs), batch_size):
     chunk = pairs[start:start + batch_size]
     batch = prefs.make_batch(chunk, tokenizer, chat, max_len, batch_size, tokenizer.pad_id)
-    ra, rb = fn(params, sharding.shard_batch(batch, mesh))
+    ra, rb = fn(params, sharding.shard_global_batch(batch, mesh))
     out.append((np.asarray(ra) - np.asarray(rb))[:len(chunk)])
   return np.concatenate(out) if out else np.zeros(0)
 
@@ -134,8 +137,10 @@ def train_reward_model(trunk, ai: Sequence[prefs.Pair], human: Sequence[prefs.Pa
   tok, chat = trunk.tokenizer, trunk.chat
   stream = prefs.mixed_batches(ai_train, hu_train, s.human_fraction, s.batch_size, s.seed,
                                start_step=int(state.step))
-  batches = (sharding.shard_batch(prefs.make_batch(ps, tok, chat, s.max_len, s.batch_size,
-                                                   tok.pad_id), mesh) for ps in stream)
+  # Every host draws the same global pairs (a function of seed and step) and places only
+  # the rows its devices hold: the batches of one process, on any number of hosts.
+  batches = (sharding.shard_global_batch(prefs.make_batch(ps, tok, chat, s.max_len, s.batch_size,
+                                                          tok.pad_id), mesh) for ps in stream)
   held = ai_held + hu_held
 
   def eval_fn(st: TrainState) -> dict:
