@@ -146,11 +146,9 @@ def main(argv: list[str] | None = None) -> None:
     raise SystemExit(2) from None
   from cai_jax.train.loop import Paused
   try:
-    if start_distributed(config):  # a secondary host: process 0 prints and records the config
+    if start_distributed(config):  # a secondary host: process 0 prints the summary
       _silence_stdout()
-      stages.get(stage)(config)
-    else:
-      stages.run_stage(stage, config)
+    stages.run_stage(stage, config)
   except Paused as e:
     print(f"paused: {e}", file=sys.stderr)
     raise SystemExit(EXIT_PAUSED) from None

@@ -43,14 +43,19 @@ PIPELINE_ORDER = ("harmless-rm", "sl-data", "sft", "feedback", "rm", "ppo", "dpo
 
 def run_stage(name: str, config) -> dict:
   """Runs stage `name` after saving the config it runs with to <workdir>/configs/<name>.py
-  (a launchable experiment file: the record of every setting, loss names included)."""
+  (a launchable experiment file: the record of every setting, loss names included; written
+  by process 0 of a multi-host run)."""
   from cai_jax import config as config_lib
   from cai_jax.layout import RunLayout
 
   from cai_jax.stages import common
 
+  import jax
+
   fn = get(name)
   common.check_workdir(config.workdir)  # a workdir that is a file fails here, naming it
+  if jax.process_index() != 0:  # process 0 records the config of a multi-host run
+    return fn(config)
   path = RunLayout(config.workdir).config_file(name)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_suffix(".tmp")

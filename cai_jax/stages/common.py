@@ -269,10 +269,13 @@ def say_start_model(stage: str, source: str, why: str) -> None:
 
 
 def finish(stage: str, summary: dict, path: pathlib.Path | None = None) -> dict:
-  """Writes the summary (when `path` is given) and prints it as the last stdout line."""
+  """Writes the summary (when `path` is given; process 0 of a multi-host run) and prints it
+  as the last stdout line."""
+  import jax
+
   summary = {"stage": stage, **{k: v for k, v in summary.items() if k != "stage"}}
   text = json.dumps(summary, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
-  if path is not None:
+  if path is not None and jax.process_index() == 0:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(json.loads(text), indent=1))
   print(text, flush=True)
