@@ -20,6 +20,7 @@ import functools
 import importlib.metadata
 import json
 import pathlib
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -108,20 +109,15 @@ def permute_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
 
 
 def _open_gguf(path: str | pathlib.Path):
-  """A GGUFReader for path, parsed once per process (several stages read the same file)."""
+  """A GGUFReader for path (checked for truncation). Not cached: the reader maps the whole
+  file, and its pages would stay resident for the life of the process."""
   path = pathlib.Path(path).resolve()
   if not path.is_file():
     raise FileNotFoundError(f"{path}: no such GGUF file")
-  stat = path.stat()
-  return _open_gguf_cached(str(path), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=4)
-def _open_gguf_cached(path: str, size: int, mtime_ns: int):
   import gguf
-  del mtime_ns  # part of the cache key only: a rewritten file is parsed again
+  size = path.stat().st_size
   try:
-    reader = gguf.GGUFReader(path)
+    reader = gguf.GGUFReader(str(path))
   except Exception as e:  # the reader fails in many ways on a cut file (memmap, struct, ValueError)
     raise ValueError(f"{path}: not a readable GGUF file (truncated or corrupt? "
                      f"size {size} bytes): {type(e).__name__}: {e}") from None
@@ -148,7 +144,8 @@ def _field_value(field) -> Any:
 
 @functools.lru_cache(maxsize=4)
 def _metadata_cached(path: str, size: int, mtime_ns: int) -> dict[str, Any]:
-  reader = _open_gguf_cached(path, size, mtime_ns)
+  del size, mtime_ns  # cache key only: a rewritten file is parsed again
+  reader = _open_gguf(path)
   return {k: _field_value(f) for k, f in reader.fields.items() if not k.startswith("GGUF.")}
 
 
@@ -169,24 +166,34 @@ def read_gguf_metadata(path: str | pathlib.Path) -> dict[str, Any]:
 def load_gguf(path: str | pathlib.Path) -> tuple[ModelConfig, dict]:
   """A llama-architecture GGUF -> (ModelConfig, params as np.float32, dequantized).
 
-  The result is cached per process (policy, reference and reward model often
-  start from the same file); its arrays are read-only — copy before mutating.
+  While callers still hold the arrays of a file's last import, loading it again
+  returns those same (read-only) arrays (policy, reference and reward model often
+  start from the same file). The cache holds them weakly: once dropped -- load_model
+  drops them when the weights are on the devices -- their memory is freed rather
+  than kept for the life of the process (540 MB for the embedded 135M model).
   """
   path = pathlib.Path(path).resolve()
   if not path.is_file():
     raise FileNotFoundError(f"{path}: no such GGUF file")
   stat = path.stat()
-  cfg, params = _load_gguf_cached(str(path), stat.st_size, stat.st_mtime_ns)
-  return cfg, {**params, "layers": dict(params["layers"])}  # fresh dicts, shared (read-only) arrays
+  key = (str(path), stat.st_size, stat.st_mtime_ns)
+  cfg, refs = _GGUF_ALIVE.get(key, (None, {}))
+  arrays = {name: ref() for name, ref in refs.items()}
+  if not arrays or any(a is None for a in arrays.values()):
+    cfg, params = _load_gguf_uncached(path)
+    arrays = {**{k: v for k, v in params.items() if k != "layers"},
+              **{f"layers/{k}": v for k, v in params["layers"].items()}}
+    for leaf in arrays.values():
+      leaf.flags.writeable = False
+    _GGUF_ALIVE.clear()  # the last import only
+    _GGUF_ALIVE[key] = (cfg, {name: weakref.ref(a) for name, a in arrays.items()})
+  out = {k: v for k, v in arrays.items() if not k.startswith("layers/")}
+  out["layers"] = {k[len("layers/"):]: v for k, v in arrays.items() if k.startswith("layers/")}
+  return cfg, out  # fresh dicts, shared (read-only) arrays
 
 
-@functools.lru_cache(maxsize=2)
-def _load_gguf_cached(path: str, size: int, mtime_ns: int) -> tuple[ModelConfig, dict]:
-  del size, mtime_ns  # cache key only
-  cfg, params = _load_gguf_uncached(pathlib.Path(path))
-  for leaf in [v for k, v in params.items() if k != "layers"] + list(params["layers"].values()):
-    leaf.flags.writeable = False
-  return cfg, params
+# (path, size, mtime) -> (cfg, {name: weak reference to the array of the last import})
+_GGUF_ALIVE: dict[tuple, tuple[ModelConfig, dict[str, weakref.ref]]] = {}
 
 
 def _load_gguf_uncached(path: pathlib.Path) -> tuple[ModelConfig, dict]:
@@ -215,7 +222,10 @@ def _load_gguf_uncached(path: pathlib.Path) -> tuple[ModelConfig, dict]:
     except NotImplementedError as e:
       raise ValueError(f"{path}: tensor {name!r}: quantization {t.tensor_type.name} cannot be "
                        f"dequantized by this gguf package: {e}") from None
-    return np.asarray(arr, np.float32).reshape(tuple(reversed([int(s) for s in t.shape])))  # (out, in)
+    out = np.asarray(arr, np.float32)
+    if np.may_share_memory(out, t.data):  # float32 tensors come back as views of the mapped file
+      out = out.copy()
+    return out.reshape(tuple(reversed([int(s) for s in t.shape])))  # (out, in)
 
   D, N, K = int(need("embedding_length")), int(need("attention.head_count")), int(need("attention.head_count_kv"))
   embed = get("token_embd.weight")  # [V, D]
@@ -405,23 +415,75 @@ def hf_config(cfg: ModelConfig, tokenizer=None) -> dict[str, Any]:
 
 
 def export_hf(out_dir: str | pathlib.Path, cfg: ModelConfig, params: Mapping[str, Any], tokenizer=None) -> pathlib.Path:
-  """Writes model.safetensors + config.json (+ tokenizer files when the tokenizer can) to out_dir."""
-  from safetensors.numpy import save_file
+  """Writes model.safetensors + config.json (+ tokenizer files when the tokenizer can) to out_dir.
+
+  Tensors are written one at a time (`write_safetensors`), so exporting holds at most
+  one transposed layer matrix on the host beyond `params` itself.
+  """
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  host = {k: (np.asarray(v, np.float32) if not isinstance(v, Mapping) else
-              {kk: np.asarray(vv, np.float32) for kk, vv in v.items()}) for k, v in params.items()}
+  host = {k: (v if isinstance(v, Mapping) else np.asarray(v)) for k, v in params.items()}
+  host["layers"] = {k: np.asarray(v) for k, v in params["layers"].items()}
   check_shapes(cfg, host, "export_hf")
-  tensors = {"model.embed_tokens.weight": host["embed"], "model.norm.weight": host["final_norm"]}
+  tensors: dict[str, Any] = {"model.embed_tokens.weight": lambda: host["embed"],
+                             "model.norm.weight": lambda: host["final_norm"]}
   for k in LAYER_KEYS:
     for i in range(cfg.n_layers):
-      w = host["layers"][k][i]
-      tensors[f"model.layers.{i}.{_HF_LAYER[k]}"] = w if w.ndim == 1 else w.T
+      tensors[f"model.layers.{i}.{_HF_LAYER[k]}"] = functools.partial(_hf_layer, host["layers"][k], i)
   if not cfg.tie_embeddings:
-    tensors["lm_head.weight"] = host["lm_head"].T
-  save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(out / "model.safetensors"),
-            metadata={"format": "pt"})
+    tensors["lm_head.weight"] = lambda: host["lm_head"].T
+  shapes = {name: _hf_shape(cfg, name) for name in tensors}
+  write_safetensors(out / "model.safetensors", tensors, shapes, metadata={"format": "pt"})
   (out / "config.json").write_text(json.dumps(hf_config(cfg, tokenizer), indent=2) + "\n")
   if tokenizer is not None and hasattr(tokenizer, "save_hf"):
     tokenizer.save_hf(out)
   return out
+
+
+def _hf_layer(stacked, i: int) -> np.ndarray:
+  """Layer i of a stacked [L, ...] parameter in HF's (out, in) orientation."""
+  w = np.asarray(stacked[i])
+  return w if w.ndim == 1 else w.T
+
+
+def _hf_shape(cfg: ModelConfig, name: str) -> tuple[int, ...]:
+  """The HF shape of tensor `name` (ours transposed for matrices)."""
+  ours = expected_shapes(cfg)
+  if name == "model.embed_tokens.weight":
+    return tuple(ours["embed"])
+  if name == "model.norm.weight":
+    return tuple(ours["final_norm"])
+  if name == "lm_head.weight":
+    return tuple(reversed(ours["lm_head"]))
+  hf_name = name.split(".", 3)[3]
+  key = next(k for k, v in _HF_LAYER.items() if v == hf_name)
+  return tuple(reversed(ours["layers"][key][1:]))
+
+
+def write_safetensors(path: str | pathlib.Path, tensors: Mapping[str, Any],
+                      shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str] | None = None
+                      ) -> None:
+  """Writes float32 tensors as a .safetensors file, one tensor in memory at a time.
+
+  tensors: name -> a function returning the array (called once, as it is written);
+  shapes: name -> its shape (the header comes first, before any array exists).
+  Same bytes as safetensors.numpy.save_file, which first builds the whole file in
+  memory (a second host copy of every weight).
+  """
+  header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
+  offset = 0
+  for name in sorted(tensors):  # safetensors' own order: sorted by name (all one dtype)
+    n = int(np.prod(shapes[name])) * 4
+    header[name] = {"dtype": "F32", "shape": list(shapes[name]), "data_offsets": [offset, offset + n]}
+    offset += n
+  text = json.dumps(header, separators=(",", ":")).encode()
+  text += b" " * (-len(text) % 8)  # the data section starts 8-byte aligned, as safetensors pads it
+  with open(path, "wb") as f:
+    f.write(len(text).to_bytes(8, "little"))
+    f.write(text)
+    for name in sorted(tensors):
+      a = np.ascontiguousarray(tensors[name](), dtype="<f4")
+      if a.shape != tuple(shapes[name]):
+        raise ValueError(f"write_safetensors: tensor {name!r} has shape {a.shape}, "
+                         f"expected {tuple(shapes[name])}")
+      f.write(memoryview(a).cast("B"))

@@ -1,6 +1,8 @@
 """Weights in and out: GGUF import, HF safetensors import/export, and their errors."""
 
+import gc
 import json
+import weakref
 
 import jax.numpy as jnp
 import numpy as np
@@ -114,6 +116,16 @@ def test_gguf_import_is_cached_per_file_version(tmp_path):
   write_llama_gguf(path, cfg, params)
   _, c = weights.load_gguf(path)
   np.testing.assert_array_equal(c["layers"]["wq"], params["layers"]["wq"])
+
+
+def test_gguf_import_is_freed_once_its_arrays_are_dropped(tmp_path):
+  cfg = get_model_config("tiny")
+  path = write_llama_gguf(tmp_path / "m.gguf", cfg, random_params(cfg))
+  _, params = weights.load_gguf(path)
+  alive = weakref.ref(params["layers"]["w_up"])
+  del params
+  gc.collect()
+  assert alive() is None  # no process-wide cache keeps the dequantised weights
 
 
 def test_gguf_quantized_tensors_are_dequantized(tmp_path):

@@ -10,8 +10,9 @@
 """
 
 from cai_jax.sampling.engine import (DecodeState, SampleOutput, generate, length_bucket, next_pow2,
-                                     score_continuations, sequence_logprobs)
+                                     release_prepared, score_continuations,
+                                     sequence_logprobs)
 from cai_jax.sampling.text import SamplerSettings, TextSampler
 
 __all__ = ["DecodeState", "SampleOutput", "SamplerSettings", "TextSampler", "generate",
-           "length_bucket", "next_pow2", "score_continuations", "sequence_logprobs"]
+           "length_bucket", "next_pow2", "release_prepared", "score_continuations", "sequence_logprobs"]

@@ -34,6 +34,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from cai_jax import sharding
+from cai_jax.losses import fused_ce
 from cai_jax.sampling import selection
 from cai_jax.models import decode
 from cai_jax.models.transformer import KVCache
@@ -184,6 +185,13 @@ def _sample_shardings(graphdef, params, mesh: Mesh | None):
 _PREPARED: list = []
 
 
+def release_prepared() -> None:
+  """Drops the cached decode copy of the last params sampled (see `_PREPARED`): for callers
+  that sample params once and then change them (PPO's rollouts), so the copy is not held
+  through the update that follows."""
+  _PREPARED.clear()
+
+
 def _prepare(graphdef, params, mesh: Mesh | None):
   """(params on the mesh, decode weights, cache sharding), reused for the same params."""
   if _PREPARED and _PREPARED[0][0] is params and _PREPARED[0][1] is mesh:
@@ -286,21 +294,29 @@ def sequence_logprobs(model, tokens: jax.Array, positions: jax.Array,
   """log p(tokens[:, t] | tokens[:, :t]) as [B, T] float32, 0 where target_mask is False.
 
   Column 0 is always 0 (nothing predicts the first token). Jittable; `model` is
-  a Transformer (or anything with the same call signature).
+  a Transformer (or anything with `hidden` and `unembedding`). The read-out runs
+  chunk by chunk (losses/fused_ce.py `linear_logprobs`), so [B, T, V] logits
+  never exist.
   """
-  logits, _ = model(tokens, positions)  # [B, T, V]
-  logits = logits[:, :-1].astype(jnp.float32)
-  picked = jnp.take_along_axis(logits, tokens[:, 1:, None], axis=-1)[..., 0]
-  logp = picked - jax.nn.logsumexp(logits, axis=-1)  # [B, T-1]
+  hidden, _ = model.hidden(tokens, positions)  # [B, T, D]
+  logp = fused_ce.linear_logprobs(hidden[:, :-1], model.unembedding(), tokens[:, 1:])  # [B, T-1]
   logp = jnp.pad(logp, ((0, 0), (1, 0)))
   return jnp.where(target_mask, logp, 0.0)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
-def _score_core(graphdef, params, tokens, target_mask):
+def _score_core(graphdef, params, tokens, target_index, target_valid):
+  """Log-probs [B, K] of tokens[b, target_index[b, k]] given the tokens before it; only the
+  K target positions are read out (a continuation is a few tokens after a long prompt)."""
   B, T = tokens.shape
+  model = nnx.merge(graphdef, params)
   positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
-  return sequence_logprobs(nnx.merge(graphdef, params), tokens, positions, target_mask)
+  hidden, _ = model.hidden(tokens, positions)  # [B, T, D]
+  before = jnp.maximum(target_index - 1, 0)  # the position whose hidden state predicts the target
+  h = jnp.take_along_axis(hidden, before[..., None], axis=1)  # [B, K, D]
+  targets = jnp.take_along_axis(tokens, target_index, axis=1)  # [B, K]
+  logp = fused_ce.linear_logprobs(h, model.unembedding(), targets)
+  return jnp.where(target_valid, logp, 0.0)
 
 
 def score_continuations(graphdef, params, prompts: Sequence[Sequence[int]],
@@ -320,17 +336,19 @@ def score_continuations(graphdef, params, prompts: Sequence[Sequence[int]],
     rows = order[start:start + batch_size]
     B = max(next_pow2(len(rows)), shards)
     T = length_bucket(max(len(prompts[i]) + len(continuations[i]) for i in rows))
+    K = next_pow2(max(len(continuations[i]) for i in rows))
     tokens = np.full((B, T), pad_id, np.int32)
-    mask = np.zeros((B, T), bool)
+    index = np.zeros((B, K), np.int32)  # where each continuation token sits in its row
+    valid = np.zeros((B, K), bool)
     for j, i in enumerate(rows):
       p, c = list(prompts[i]), list(continuations[i])
       tokens[j, :len(p) + len(c)] = p + c
-      mask[j, len(p):len(p) + len(c)] = True
-    batch = dict(tokens=tokens, mask=mask)
+      index[j, :len(c)] = np.arange(len(p), len(p) + len(c))
+      valid[j, :len(c)] = True
+    batch = dict(tokens=tokens, index=index, valid=valid)
     if mesh is not None:
       batch = sharding.shard_batch(batch, mesh, "sample")
-    logp = np.asarray(_score_core(graphdef, params, batch["tokens"], batch["mask"]))
+    logp = np.asarray(_score_core(graphdef, params, batch["tokens"], batch["index"], batch["valid"]))
     for j, i in enumerate(rows):
-      lp = len(prompts[i])
-      out[i] = logp[j, lp:lp + len(continuations[i])].astype(np.float32)
+      out[i] = logp[j, :len(continuations[i])].astype(np.float32)
   return out

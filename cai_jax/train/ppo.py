@@ -50,6 +50,7 @@ from jax.sharding import Mesh
 
 from cai_jax import losses as losses_lib
 from cai_jax import sampling, sharding
+from cai_jax.losses import fused_ce
 from cai_jax.models import ScalarHead
 from cai_jax.train import gae
 
@@ -95,10 +96,10 @@ def policy_forward(spec: PPOSpec, params, tokens: jax.Array, positions: jax.Arra
   critic's estimate at the state before token t (read at position t - 1)."""
   policy = nnx.merge(spec.policy_graphdef, params["policy"])
   hidden, _ = policy.hidden(tokens, positions)  # [B, T, D]
-  logits = policy.logits(hidden[:, :-1]).astype(jnp.float32)  # [B, T-1, V]
-  logp_all = jax.nn.log_softmax(logits, axis=-1)
-  picked = jnp.take_along_axis(logp_all, tokens[:, 1:, None], axis=-1)[..., 0]
-  entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
+  # Chunk by chunk over the sequence: [B, T-1, V] logits (and their softmax and gradient)
+  # never exist at once.
+  picked, entropy = fused_ce.linear_logprobs_entropy(hidden[:, :-1], policy.unembedding(),
+                                                     tokens[:, 1:])
   if spec.shared_value:
     head, critic_hidden = nnx.merge(spec.head_graphdef, params["value"]), hidden
   else:
@@ -319,6 +320,7 @@ class PPOIteration:
                                rng=key, max_new_tokens=int(cfg["max_new_tokens"]),
                                stop_ids=self.stop_ids, pad_id=self.pad_id, mesh=self.mesh,
                                batch_size=int(cfg["sample_batch_size"]))
+    sampling.release_prepared()  # the policy changes before the next rollout: free its decode copy
     tokens, mask = assemble(prompts, sample, self.length, self.pad_id)
     raw = np.asarray(self.reward_fn(tokens, mask), np.float32)
     scores, stats = normalize_scores(raw, cfg["reward_norm"], self.host.reward_stats,
