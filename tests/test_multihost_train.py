@@ -209,11 +209,6 @@ PPO = {"ppo.num_steps": 1, "ppo.checkpoint_every": 1}
 PPO_ATOL = 2e-5
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "PPO is not multi-host yet: stages/ppo.py locks and records its settings on every process "
-    "(StageBusy on process 1), and its rollout (sampling.generate, the reward function, the "
-    "minibatches) hands every host's copy of the whole global batch to shard_batch and reads "
-    "batch-sharded results back with np.asarray"))
 def test_ppo_iteration_on_two_processes_ends_with_the_one_process_policy(tmp_path, cache):
   multiprocess.run_single("ppo", PPO_CONFIG, tmp_path / "one", PPO, cache)
   multiprocess.run("ppo", PPO_CONFIG, tmp_path / "two", PPO, cache)

@@ -266,14 +266,16 @@ def generate(graphdef, params, prompts: Sequence[Sequence[int]], *, rng: jax.Arr
     keys = jax.vmap(jax.random.fold_in, (None, 0))(rng, jnp.asarray(ids))
     batch = dict(tokens=tokens, lengths=lengths, limits=limits, table=table)
     if mesh is not None:
-      batch = sharding.shard_batch(batch, mesh, "sample")
-      keys = jax.device_put(keys, sharding.batch_sharding(mesh, keys.ndim, "sample"))
+      # Every host holds the same global chunk; each places the rows of its own devices.
+      batch = sharding.shard_global_batch(batch, mesh, "sample")
+      keys = jax.random.wrap_key_data(sharding.shard_global_batch(
+          {"k": np.asarray(jax.random.key_data(keys))}, mesh, "sample")["k"])
     toks, lps, lens = _generate_core(
         graphdef, params, layer_weights, batch["tokens"], batch["lengths"], keys, batch["limits"], batch["table"],
         jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p), jnp.int32(pad_id), n_new=N,
         greedy=temperature == 0, top_k=int(top_k), use_top_p=top_p < 1.0,
         cache_sharding=cache_sharding)
-    toks, lps, lens = np.asarray(toks), np.asarray(lps), np.asarray(lens)
+    toks, lps, lens = sharding.to_host((toks, lps, lens))
     width = min(N, n_out)
     for j, i in enumerate(rows):
       out.tokens[i, :width], out.logprobs[i, :width], out.lengths[i] = (toks[j, :width],

@@ -327,8 +327,8 @@ class PPOIteration:
                                      float(cfg["reward_clip"]))
     self.host = dataclasses.replace(self.host, reward_stats=stats)
     positions = np.broadcast_to(np.arange(self.length, dtype=np.int32), tokens.shape)
-    dev = sharding.shard_batch(dict(tokens=tokens, positions=positions, mask=mask, scores=scores),
-                               self.mesh)
+    dev = sharding.shard_global_batch(dict(tokens=tokens, positions=positions, mask=mask,
+                                           scores=scores), self.mesh)
     in_reward = self.host.kl_coef if cfg["kl_in"] == "reward" else 0.0
     batch, stats = self._score(state.params, self.ref_params, dev["tokens"], dev["positions"],
                                dev["mask"], dev["scores"], jnp.float32(in_reward))
@@ -339,7 +339,7 @@ class PPOIteration:
     iteration = int(state.step)
     t0 = time.perf_counter()
     batch, rstats, raw, lengths = self.rollout(state, iteration)
-    host_batch = {k: np.asarray(v) for k, v in batch.items()}
+    host_batch = sharding.to_host(dict(batch))
     t1 = time.perf_counter()
     n, mb = len(raw), int(cfg["minibatch_size"])
     step_metrics = []
@@ -351,7 +351,7 @@ class PPOIteration:
         minibatch = {k: v[rows] for k, v in host_batch.items()}
         if cfg["kl_in"] == "loss":
           minibatch["kl_coef"] = np.float32(self.host.kl_coef)
-        state, m = self._step(state, sharding.shard_batch(minibatch, self.mesh))
+        state, m = self._step(state, sharding.shard_global_batch(minibatch, self.mesh))
         step_metrics.append(m)
     update = {k: float(np.mean([float(m[k]) for m in step_metrics])) for k in step_metrics[0]}
     t2 = time.perf_counter()

@@ -57,9 +57,9 @@ def reward_model_fn(score_fn, graphdef, params, *, mesh=None, batch_size: int = 
       positions = np.broadcast_to(np.arange(tokens.shape[1], dtype=np.int32), chunk["tokens"].shape)
       chunk["positions"] = positions
       if mesh is not None:
-        chunk = sharding.shard_batch(chunk, mesh)
+        chunk = sharding.shard_global_batch(chunk, mesh)  # every host holds the whole rollout
       scores = score_jit(graphdef, params, chunk["tokens"], chunk["positions"], chunk["last"])
-      out.append(np.asarray(scores, np.float32)[:n])
+      out.append(np.asarray(sharding.to_host(scores), np.float32)[:n])
     return np.concatenate(out)
 
   return reward_fn
