@@ -26,6 +26,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from cai_jax import paths
 from cai_jax.train.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,9 @@ class Checkpointer:
 
   def __init__(self, directory: str | pathlib.Path, keep: int = 3, async_save: bool | None = None):
     """async_save None: asynchronous, except where every device is a CPU (see `async_default`)."""
-    self.directory = pathlib.Path(directory).absolute()
+    # A gs:// folder stays a URL (orbax writes it through epath and tensorstore).
+    directory = paths.as_path(directory)
+    self.directory = directory if paths.is_remote(directory) else directory.absolute()
     async_save = async_default() if async_save is None else async_save
     self._mgr = ocp.CheckpointManager(
         self.directory,
