@@ -83,6 +83,10 @@ def _ppo() -> ConfigDict:
       value_coef=0.5,
       entropy_coef=0.0,
       value_head="separate",  # separate (own trunk, copied from the policy) | shared (head on the policy trunk)
+      # Storage of the weights PPO never trains (the KL reference, the reward model): "" = as
+      # loaded; "bfloat16" halves them (compute stays in model.dtype; the reference is then the
+      # starting policy rounded to bfloat16, so the KL starts at rounding level, not at 0).
+      frozen_dtype="",
       kl_coef=0.001,  # initial beta
       kl_controller="fixed",  # fixed | adaptive (Ziegler et al. 2019)
       kl_target=6.0,  # adaptive: target mean KL per answer, nats
@@ -175,7 +179,8 @@ def _validate_rm(c: ConfigDict) -> None:
 def _validate_ppo(c: ConfigDict) -> None:
   choices = dict(reward=("rm", "feedback", "token_count"), value_head=("separate", "shared"),
                  kl_controller=("fixed", "adaptive"), kl_in=("reward", "loss"),
-                 kl_estimator=("k1", "k2", "k3"), reward_norm=("none", "batch", "running"))
+                 kl_estimator=("k1", "k2", "k3"), reward_norm=("none", "batch", "running"),
+                 frozen_dtype=("", "float32", "bfloat16"))
   for field, allowed in choices.items():
     if c[field] not in allowed:
       raise ValueError(f"ppo.{field}: {c[field]!r}; expected one of {allowed}")

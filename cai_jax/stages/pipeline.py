@@ -83,6 +83,17 @@ def missing_inputs(name: str, config) -> str | None:
   return check(config) if check else None
 
 
+# glibc keeps freed heap memory for reuse unless told to hand large blocks back: XLA's CPU
+# runtime frees and allocates large temporaries every step, and the kept pages count in the
+# stage's RSS (PPO on SmolLM2-135M: 5.15 -> 4.48 GB, 139 -> 158 s). A value the user set wins.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+
+
+def stage_env() -> dict[str, str]:
+  """The environment of a stage's process: this one's, plus MALLOC_ENV where unset."""
+  return {**MALLOC_ENV, **os.environ}
+
+
 def run_isolated(name: str, config, layout) -> tuple[dict, float]:
   """Runs one stage as `python -m cai_jax <stage> --config <its saved config>` in a process
   of its own, so each stage starts with an empty heap (the pipeline's peak memory is the
@@ -91,7 +102,7 @@ def run_isolated(name: str, config, layout) -> tuple[dict, float]:
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(config_lib.as_experiment(config, f"The config of stage {name}"))
   cmd = [sys.executable, "-m", "cai_jax", name, "--config", str(path)]
-  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1)
+  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1, env=stage_env())
   last = ""
   for line in proc.stdout:  # the stage's stdout, echoed; its last line is the JSON summary
     sys.stdout.write(line)
