@@ -308,7 +308,9 @@ def test_the_dpo_stage_refuses_to_run_while_its_alert_is_pending(tmp_path):
   config = _tiny_config(**{"workdir": str(tmp_path / "run"), "dpo.data": str(pairs)})
   with pytest.raises(Paused, match=r"dpo is paused .* at step 6 .*--config.checkpoint.ack=dpo-6-abcdef"):
     dpo_stage.run(config)
-  assert not (tmp_path / "run" / "dpo" / "checkpoints").exists()
+  # Nothing trained: no step saved (the folder may hold the run's settings record) or logged.
+  assert Checkpointer(tmp_path / "run" / "dpo" / "checkpoints").all_steps() == []
+  assert not (tmp_path / "run" / "dpo" / "metrics.jsonl").exists()
 
 
 # ----------------------------------------------------------------------------- config
@@ -348,3 +350,65 @@ def test_shipped_probe_sets_and_attack_data_read_cleanly():
     assert len(examples) == 10
   openings = read_sl_cai([guard.builtin_path("attack_openings")])
   assert all(e.response.startswith("Sure, here is how to ") for e in openings)
+
+
+# ----------------------------------------------------------------------------- ppo
+
+
+def _ppo_config(workdir, probe_file, **fields):
+  """experiments/rl_cai.py:tiny (random tiny model, letter-count reward) with the checkpoint on
+  every 2 iterations; lr 1e-6, so PPO itself barely moves the policy in six iterations."""
+  spec = importlib.util.spec_from_file_location("rl_cai", REPO / "experiments" / "rl_cai.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("tiny")
+  config_lib.apply_overrides(config, {
+      "workdir": str(workdir), "ppo.num_steps": 6, "ppo.epochs": 1, "ppo.max_new_tokens": 8,
+      "ppo.optim.lr": 1e-6, "ppo.checkpoint_every": 100,
+      "checkpoint.enabled": True, "checkpoint.every": 2, "checkpoint.k": 3, "checkpoint.n_probes": 3,
+      "checkpoint.max_new_tokens": 4, "checkpoint.max_prompt_len": 96,
+      "checkpoint.probe.data": str(probe_file), "checkpoint.thresholds.kl": 0.05,
+      **{f"checkpoint.thresholds.{k}": 0.0 for k in ("refusal_logprob_drop", "probe_drop",
+                                                     "refusal_rate_drop", "over_refusal_rise")},
+      **fields})
+  return config_lib.validate(config)
+
+
+def test_ppo_pauses_on_injected_drift_refuses_until_acknowledged_then_continues(tmp_path, monkeypatch):
+  from cai_jax.stages import ppo as ppo_stage
+  from cai_jax.train import ppo as ppo_train
+  _, probe_file = _marker_data(tmp_path / "marker.jsonl")
+  run = tmp_path / "run"
+  iterate = ppo_train.PPOIteration.__call__
+
+  def drifting(self, state, batch=None):  # drift injected on purpose: the policy x3 at iteration 3
+    state, metrics = iterate(self, state, batch)
+    if int(state.step) == 3:
+      state = state.replace(params={**state.params,
+                                    "policy": jax.tree.map(lambda x: 3.0 * x, state.params["policy"])})
+    return state, metrics
+
+  monkeypatch.setattr(ppo_train.PPOIteration, "__call__", drifting)
+  with pytest.raises(Paused) as paused:
+    ppo_stage.run(_ppo_config(run, probe_file))
+  assert paused.value.step == 4  # checked at 2 (PPO's own drift only) and 4, the first check after 3
+  alert_id = guard.AlertLog(run / "ppo").pending()["alert"]
+  assert (run / "ppo" / "ALERT.txt").read_text().startswith(
+      f"ppo step 4: pause: constitutional checkpoint alert {alert_id}\n")
+  assert Checkpointer(run / "ppo" / "checkpoints").all_steps() == [4]
+  assert not (run / "ppo" / "hf").exists()  # a paused policy is not exported
+  rows = [json.loads(line) for line in (run / "ppo" / "metrics.jsonl").read_text().splitlines()]
+  kl = {r["step"]: r["guard/first_token_kl"] for r in rows if "guard/first_token_kl" in r}
+  assert list(kl) == [2, 4] and kl[2] < 0.05 < kl[4]
+  monkeypatch.undo()
+  # Rerun without (or with a wrong) acknowledgement: refused before any iteration.
+  with pytest.raises(Paused, match=rf"ppo is paused .* at step 4 .*--config.checkpoint.ack={alert_id}"):
+    ppo_stage.run(_ppo_config(run, probe_file))
+  with pytest.raises(Paused, match="names another alert"):
+    ppo_stage.run(_ppo_config(run, probe_file, **{"checkpoint.ack": "ppo-4-000000"}))
+  assert Checkpointer(run / "ppo" / "checkpoints").all_steps() == [4]
+  # Acknowledged: continues from iteration 4; at 6 the drift is within the acknowledged level.
+  summary = ppo_stage.run(_ppo_config(run, probe_file, **{"checkpoint.ack": alert_id}))
+  assert summary["steps"] == 6 and summary["checkpoint"]["checks"] == 1  # the check at 6
+  assert summary["checkpoint"]["last"]["first_token_kl"] == pytest.approx(kl[4], rel=0.05)
+  assert (run / "ppo" / "hf").is_dir() and guard.AlertLog(run / "ppo").pending() is None

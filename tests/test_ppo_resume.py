@@ -64,3 +64,20 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
   for a, b in zip(jax.tree.leaves(state_a.opt_state), jax.tree.leaves(state_b.opt_state)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert extra_a["ppo"] == extra_b["ppo"]  # KL coefficient and reward statistics
+
+
+def test_frozen_dtype_stores_the_reference_in_bfloat16_and_trains_in_float32(tmp_path):
+  from cai_jax import config as config_lib
+  from cai_jax.stages import ppo as ppo_stage
+
+  config = _config(tmp_path)
+  config_lib.apply_overrides(config, {"ppo.frozen_dtype": "bfloat16"})
+  state, _, iteration, loaded = ppo_stage.build_with_model(config)
+  ref = jax.tree.leaves(iteration.ref_params)
+  trained = jax.tree.leaves(state.params["policy"])
+  assert {x.dtype for x in ref} == {np.dtype("bfloat16")}
+  assert {x.dtype for x in trained} == {np.dtype("float32")}
+  # The reference is the starting policy rounded to bfloat16, and what the stage keeps.
+  for r, p in zip(ref, trained):
+    np.testing.assert_array_equal(np.asarray(r), np.asarray(p).astype("bfloat16"))
+  assert jax.tree.leaves(loaded.params)[0] is ref[0]

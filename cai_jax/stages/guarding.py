@@ -9,7 +9,8 @@ acknowledged, it raises loop.Paused (the CLI exits with code 3) unless
 checkpoint.ack names that alert, which it then marks acknowledged. With
 checkpoint.enabled it builds the checkpoint (evals/guard.py) against the frozen
 reference (checkpoint.reference, default the model the stage starts from: a copy
-of `loaded`'s weights taken here, before the stage donates them) and returns it
+of `loaded`'s weights taken here, before the stage donates them, or the frozen
+starting weights a stage keeps anyway, as PPO does for its KL) and returns it
 wrapped as the loop's Hook; otherwise it returns []. A hook's verdict past a
 threshold becomes HookResult("pause"): the loop saves the checkpoint, writes
 ALERT.txt, runs checkpoint.alert_command and raises loop.Paused.
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 
@@ -85,11 +86,20 @@ def settings(config) -> guard.GuardSettings:
       seed=config.seed)
 
 
-def hooks(config, stage: str, loaded, mesh, workdir) -> list:
+def hooks(config, stage: str, loaded, mesh, workdir, *, reference_params=None,
+          policy_params: Callable = lambda params: params, alerts: guard.AlertLog | None = None
+          ) -> list:
   """The constitutional checkpoint as loop hooks for `stage` ([] when disabled); raises
-  loop.Paused while an alert of this stage is unacknowledged (see the module doc)."""
+  loop.Paused while an alert of this stage is unacknowledged (see the module doc).
+
+  reference_params: starting weights the stage itself keeps frozen and never donates
+  (PPO's KL reference), used as the default reference without a copy. policy_params:
+  maps the train state's params to the policy's (PPO's also hold the value head). alerts:
+  what enforce_acknowledgement returned when the stage called it itself, before loading
+  anything expensive (then it is not enforced twice)."""
   c, workdir = config.checkpoint, pathlib.Path(workdir)
-  alerts = enforce_acknowledgement(c, stage, workdir)
+  if alerts is None:
+    alerts = enforce_acknowledgement(c, stage, workdir)
   if not c.enabled:
     return []
   if c.reference:
@@ -98,6 +108,8 @@ def hooks(config, stage: str, loaded, mesh, workdir) -> list:
       raise ValueError(f"checkpoint.reference: {c.reference} is not the architecture of the "
                        f"{stage} policy {loaded.source} (the KL runs both through one graph)")
     ref_params, label = reference.params, reference.source
+  elif reference_params is not None:
+    ref_params, label = reference_params, loaded.source
   else:  # a copy: the stage donates `loaded`'s buffers to its train state
     ref_params, label = jax.tree.map(lambda x: x.copy(), loaded.params), loaded.source
   n = common.limit(c.n_probes)
@@ -107,7 +119,6 @@ def hooks(config, stage: str, loaded, mesh, workdir) -> list:
       benign=[p.text for p in load_prompts(resource(c.benign), n)],
       probe_data=probe.load_labelled_prompts(resource(c.probe.data)), settings=settings(config),
       stage=stage, alerts=alerts, mesh=mesh, reference_label=label)
-  policy_params = (lambda params: params["policy"]) if stage == "ppo" else (lambda params: params)
   return [CheckpointHook(checkpoint, c.alert_command, policy_params)]
 
 

@@ -24,6 +24,7 @@ import logging
 import pathlib
 
 import jax
+import jax.numpy as jnp
 
 from cai_jax import losses, report, weights
 from cai_jax.cai.direct_reward import DirectAIReward, DirectRewardSettings
@@ -63,6 +64,7 @@ def reward_fn(config, mesh, loaded, ref_params, texts: list[str], encoded: list[
   where = pathlib.Path(c.reward_model) if c.reward_model else common.layout(config).reward_model
   log.info("ppo: reward model from %s", where)
   graphdef, params = load_reward_model(where, mesh)
+  params = frozen(params, c.frozen_dtype)
   return ppo_rewards.reward_model_fn(reward_scores, graphdef, params, mesh=mesh,
                                      batch_size=c.sample_batch_size)
 
@@ -100,6 +102,14 @@ def chosen_losses(config) -> dict[str, str | None]:
           "kl": c.kl_term if c.kl_in == "loss" else None}
 
 
+def frozen(params, dtype: str):
+  """Weights PPO never trains, stored at ppo.frozen_dtype ("" = unchanged; shardings kept)."""
+  if not dtype:
+    return params
+  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                      params)
+
+
 def build(config, mesh=None):
   """Everything a PPO run needs: (state, shardings, PPOIteration)."""
   return build_with_model(config, mesh)[:3]
@@ -118,8 +128,11 @@ def build_with_model(config, mesh=None):
   loaded = common.load(config, mesh, rules="train", source=source)
   policy = loaded.params
   # The frozen reference is the loaded weights themselves: init_train_state (not donating)
-  # builds the trained copy, so the starting policy is held once, not twice.
-  ref_params = policy
+  # builds the trained copy, so the starting policy is held once, not twice (or, with
+  # ppo.frozen_dtype, once more at that dtype while the loaded weights are dropped).
+  ref_params = frozen(policy, c.frozen_dtype)
+  if ref_params is not policy:
+    loaded = dataclasses.replace(loaded, params=ref_params)
   shared = c.value_head == "shared"
   head_gd, value = ppo.init_value_params(shared, policy, loaded.cfg.d_model, mesh)
   spec = ppo.PPOSpec(loaded.graphdef, head_gd, shared)
@@ -164,11 +177,12 @@ def described_settings(config) -> dict:
 
 def _run_locked(config, c, layout, workdir) -> dict:
   common.check_training_settings(layout, "ppo", described_settings(config))
+  alerts = guarding.enforce_acknowledgement(config.checkpoint, "ppo", workdir)  # before loading
   mesh = common.mesh(config)
   state, shardings, iteration, loaded = build_with_model(config, mesh)
   # PPO keeps the starting weights frozen as its KL reference: the checkpoint shares them.
   guards = guarding.hooks(config, "ppo", loaded, mesh, workdir, reference_params=iteration.ref_params,
-                          policy_params=lambda params: params["policy"])
+                          policy_params=lambda params: params["policy"], alerts=alerts)
   checkpointer = checkpoint.Checkpointer(layout.checkpoints("ppo"), keep=c.keep)
   state, extra = loop.restore_or_keep(checkpointer, state, shardings)
   if extra is not None:
