@@ -3,8 +3,8 @@
 Each stage runs as a subprocess on the tiny model (tests/resume_harness.py): once
 uninterrupted, then, for two seeded kill points, SIGKILLed as soon as its files show that
 much progress and rerun on the same workdir. Training stages (rm, harmless-rm) must end
-with bit-identical parameters; generation stages (sl-data, feedback, eval-safety,
-eval-harmless) with the same records: none lost, none twice, the same text.
+with bit-identical parameters; generation stages (sl-data, feedback, audit,
+eval-safety, eval-harmless) with the same records: none lost, none twice, the same text.
 """
 
 from __future__ import annotations
@@ -110,15 +110,21 @@ def test_harmless_rm_killed_and_resumed_is_bit_identical(evaluator):
 # ----------------------------------------------------------------------------- generation stages
 
 
+def _records(workdir: pathlib.Path, name: str) -> list:
+  """The records of output `name`, with the workdir's path (which some records name) as <w>."""
+  text = json.dumps(harness.read_jsonl(workdir / name))
+  return json.loads(text.replace(json.dumps(str(workdir))[1:-1], "<w>"))
+
+
 def _generation_kill_resume(tmp_path, cache, stage: str, overrides: dict, progress: str,
                             total_lines: int, outputs: list[str], resumed: str) -> None:
   """Unbroken run, then two runs killed once the files matching `progress` (a glob under the
   workdir) hold a seeded number of complete lines (< total_lines), and rerun: the rerun logs
   `resumed` (a regex: it kept what was on disk) and every file in `outputs` equals the
-  unbroken run's."""
+  unbroken run's (paths inside the workdir compared relative to it)."""
   full = tmp_path / "full"
   harness.run(stage, TINY, full, overrides, cache)
-  expected = {name: harness.read_jsonl(full / name) for name in outputs}
+  expected = {name: _records(full, name) for name in outputs}
   for point in harness.kill_points(SEED, 1, total_lines - 1, 2):
     workdir = tmp_path / f"killed_at_{point}"
     harness.run_and_kill(stage, TINY, workdir, overrides, cache,
@@ -127,7 +133,7 @@ def _generation_kill_resume(tmp_path, cache, stage: str, overrides: dict, progre
     rerun = harness.run(stage, TINY, workdir, overrides, cache)
     assert re.search(resumed, rerun.stderr), f"{stage} killed at {point}: did not resume"
     for name in outputs:
-      got = harness.read_jsonl(workdir / name)
+      got = _records(workdir, name)
       assert len({json.dumps(r, sort_keys=True) for r in got}) == len(got), f"{name}: duplicates"
       assert got == expected[name], f"{stage} killed at {point}: {name} differs"
     partials = sorted(p.name for p in (workdir / pathlib.Path(outputs[0]).parent).glob(".*partial*"))
@@ -150,6 +156,15 @@ def test_feedback_killed_and_resumed_writes_the_same_labels(tmp_path, cache):
       "feedback.n_prompts": 8, "feedback.k_principles": 2, "feedback.n_few_shot": 0,
       "sampler.batch_size": 2, "sampler.max_new_tokens": 16},
       "feedback/.feedback.partial.jsonl", 9, ["feedback/feedback.jsonl"], r"[1-9]\d* already in")
+
+
+def test_audit_killed_and_resumed_writes_the_same_items(tmp_path, cache):
+  # The battery of the "direct" family: 128 items answered in chunks of 32 (4 x batch 8), so
+  # the partial file holds its settings line and then grows by 32 lines a chunk.
+  _generation_kill_resume(tmp_path, cache, "audit", {
+      "audit.families": "direct", "audit.items_per_family": 3, "audit.max_new_tokens": 8,
+      "sampler.batch_size": 8},
+      "audit/.answers_*.partial.jsonl", 129, ["audit/items.jsonl"], r"[1-9]\d* answers on disk")
 
 
 def test_eval_safety_killed_and_resumed_writes_the_same_answers(tmp_path, cache):
