@@ -49,3 +49,29 @@ def test_a_synchronous_save_restores_what_was_saved(tmp_path):
   np.testing.assert_array_equal(np.asarray(restored.params["w"]), np.arange(1000) + 1.0)
   assert int(restored.step) == 1 and extra == {}
   ckpt.close()
+
+
+def test_a_save_that_fails_for_lack_of_space_keeps_the_earlier_checkpoint(tmp_path, monkeypatch):
+  import errno
+
+  import orbax.checkpoint as ocp
+  import pytest
+
+  from cai_jax.train.checkpoint import SaveFailed
+
+  ckpt = Checkpointer(tmp_path / "ckpt", keep=3)
+  ckpt.save(1, _state())
+
+  def full_disk(*args, **kwargs):  # the 'extra' item's write, after the state's arrays are written
+    raise OSError(errno.ENOSPC, "No space left on device")
+  monkeypatch.setattr(ocp.JsonCheckpointHandler, "async_save", full_disk)
+  monkeypatch.setattr(ocp.JsonCheckpointHandler, "save", full_disk)
+  with pytest.raises(SaveFailed, match=r"could not save checkpoint 2 .*No space left on device.*"
+                                       r"kept \(steps \[1\]\)"):
+    ckpt.save(2, _step(_state()))
+  monkeypatch.undo()
+  assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["1"]  # no partial folder
+  abstract = jax.eval_shape(_state)
+  shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract)
+  restored, _ = Checkpointer(tmp_path / "ckpt").restore_latest(abstract, shardings)
+  np.testing.assert_array_equal(np.asarray(restored.params["w"]), np.arange(1000.0))

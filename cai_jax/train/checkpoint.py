@@ -80,9 +80,33 @@ class Checkpointer:
         item_handlers={"state": state_handler(), "extra": ocp.JsonCheckpointHandler()})
 
   def save(self, step: int, state: TrainState, extra: dict | None = None) -> None:
-    """Starts saving `state` (+ JSON-serialisable `extra`) as checkpoint `step`."""
-    self._mgr.save(int(step), args=ocp.args.Composite(
-        state=ocp.args.PyTreeSave(_raw_rng(state)), extra=ocp.args.JsonSave(extra or {})), force=True)
+    """Starts saving `state` (+ JSON-serialisable `extra`) as checkpoint `step`.
+
+    A save that fails (disk full, no permission, ...) raises SaveFailed naming the folder and
+    the reason; orbax writes into a temporary folder and renames it only when complete, so the
+    checkpoints already there stay whole, and the partial folder is removed here."""
+    try:
+      self._mgr.save(int(step), args=ocp.args.Composite(
+          state=ocp.args.PyTreeSave(_raw_rng(state)), extra=ocp.args.JsonSave(extra or {})),
+          force=True)
+    except (OSError, ValueError, RuntimeError) as e:
+      self._remove_partial(step)
+      raise SaveFailed(f"{self.directory}: could not save checkpoint {step} ({e}); the checkpoints "
+                       f"already there are kept (steps {self._finished_steps() or 'none'}), and a "
+                       "rerun resumes from the newest once the cause is fixed") from e
+
+  def _finished_steps(self) -> list[int]:
+    if paths.is_remote(self.directory) or not self.directory.is_dir():
+      return []
+    return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
+
+  def _remove_partial(self, step: int) -> None:
+    """Best effort: the temporary folder of a failed save (freeing the space it took)."""
+    if paths.is_remote(self.directory) or not self.directory.is_dir():
+      return
+    import shutil
+    for p in self.directory.glob(f"{int(step)}.orbax-checkpoint-tmp*"):
+      shutil.rmtree(p, ignore_errors=True)
 
   def wait(self) -> None:
     """Blocks until pending asynchronous saves are on disk."""
@@ -134,4 +158,8 @@ class Checkpointer:
 
 class CorruptCheckpoints(ValueError):
   """Every checkpoint in a folder is unreadable."""
+
+
+class SaveFailed(ValueError):
+  """A checkpoint could not be written (the earlier ones are intact)."""
 
