@@ -101,6 +101,51 @@ def table_lines(rows: Sequence[Mapping]) -> list[str]:
   return lines
 
 
+SMALL_N = 20  # rates and accuracies from fewer items are marked as such
+
+
+def _rate(n: int, count: int, ci) -> str:
+  """"count/n = rate [lo, hi]" with a mark when n < SMALL_N."""
+  text = f"{count}/{n} = {count / n:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" if n else "n = 0"
+  return text + (f" (n < {SMALL_N})" if 0 < n < SMALL_N else "")
+
+
+def headline_lines(summaries: Mapping[str, Mapping]) -> list[str]:
+  """The run's result first: each evaluated model's over-refusal and unsafe compliance
+  (eval-safety), harmlessness against the base model (eval-harmless) and the HHH accuracy
+  (eval-hhh), every rate with its n and 95% interval; [] when no evaluation ran."""
+  safety, harmless = summaries.get("eval-safety") or {}, summaries.get("eval-harmless") or {}
+  rows: dict[str, dict[str, str]] = {}
+  for m in safety.get("models", []):
+    row = rows.setdefault(str(m["model"]), {})
+    for key, label in (("orr", "over-refusal (safe prompts)"), ("ucr", "unsafe compliance")):
+      r = m[key]
+      row[label] = _rate(int(r["n"]), int(r["count"]), r["ci95"])
+  for m in harmless.get("models", []):
+    row = rows.setdefault(str(m["model"]), {})
+    small = f" (n < {SMALL_N})" if m["n"] < SMALL_N else ""
+    row["harmlessness vs base, mean difference"] = (
+        f"{m['mean_difference']:+.2f} [{m['ci95'][0]:+.2f}, {m['ci95'][1]:+.2f}], n = {m['n']}{small}")
+    row["win rate vs base"] = (f"{m['win_rate']:.2f} [{m['win_rate_ci95'][0]:.2f}, "
+                               f"{m['win_rate_ci95'][1]:.2f}]")
+  lines = []
+  if rows:
+    columns = list(dict.fromkeys(c for row in rows.values() for c in row))
+    lines += ["## Headline", "", "| model | " + " | ".join(columns) + " |",
+              "|---" * (len(columns) + 1) + "|"]
+    lines += ["| " + " | ".join([model] + [row.get(c, "-") for c in columns]) + " |"
+              for model, row in rows.items()]
+    lines.append("")
+  hhh = summaries.get("eval-hhh") or {}
+  for judge, label in (("judge", "the policy as an HHH judge"), ("rm", "the reward model")):
+    r = hhh.get(judge)
+    if isinstance(r, Mapping) and r.get("n"):
+      lines.append(f"- HHH accuracy of {label}: {_rate(int(r['n']), int(r['n_correct']), r['ci95'])}")
+  if hhh.get("judge") or hhh.get("rm"):
+    lines.append("")
+  return lines
+
+
 def write_report(layout: RunLayout, summaries: Mapping[str, Mapping],
                  title: str = "cai_jax run report", notes: Sequence[str] = ()) -> pathlib.Path:
   """Writes plots + report.md (+ summary.json) of a run; returns report.md's path."""
@@ -119,6 +164,7 @@ def write_report(layout: RunLayout, summaries: Mapping[str, Mapping],
   lines += [f"- {n}" for n in notes]
   if notes:
     lines.append("")
+  lines += headline_lines(summaries)
   for stage, summary in summaries.items():
     flat = flatten(summary)
     lines += [f"## {stage}", "", "| metric | value |", "|---|---|"]

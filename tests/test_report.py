@@ -51,3 +51,27 @@ def test_nested_dicts_in_rows_become_dotted_columns():
   rows = [{"model": "a", "orr": {"rate": 0.25, "ci95": [0.1, 0.5]}}]
   assert report.table_lines(rows) == ["| model | orr.rate | orr.ci95 |", "|---|---|---|",
                                       "| a | 0.25 | [0.1, 0.5] |"]
+
+
+def test_the_report_opens_with_the_headline_rates_with_n_and_intervals(tmp_path):
+  safety = {"models": [
+      {"model": "base", "orr": {"n": 25, "count": 0, "ci95": [0.0, 0.1332]},
+       "ucr": {"n": 12, "count": 9, "ci95": [0.4677, 0.9111]}},
+      {"model": "sft", "orr": {"n": 25, "count": 5, "ci95": [0.0886, 0.3913]},
+       "ucr": {"n": 12, "count": 3, "ci95": [0.0889, 0.5323]}}]}
+  harmless = {"models": [{"model": "sft", "n": 40, "mean_difference": 0.25, "ci95": [-0.1, 0.6],
+                          "win_rate": 0.6, "win_rate_ci95": [0.45, 0.74]}]}
+  hhh = {"judge": {"n": 24, "n_correct": 12, "accuracy": 0.5, "ci95": [0.3143, 0.6857]}}
+  out = report.write_report(RunLayout(tmp_path), {"eval-safety": safety, "eval-harmless": harmless,
+                                                  "eval-hhh": hhh})
+  text = out.read_text()
+  assert text.index("## Headline") < text.index("## eval-safety")
+  assert "| base | 0/25 = 0.00 [0.00, 0.13] | 9/12 = 0.75 [0.47, 0.91] (n < 20) | - | - |" in text
+  assert ("| sft | 5/25 = 0.20 [0.09, 0.39] | 3/12 = 0.25 [0.09, 0.53] (n < 20) | "
+          "+0.25 [-0.10, +0.60], n = 40 | 0.60 [0.45, 0.74] |") in text
+  assert "- HHH accuracy of the policy as an HHH judge: 12/24 = 0.50 [0.31, 0.69]\n" in text
+
+
+def test_a_run_without_evaluations_has_no_headline(tmp_path):
+  out = report.write_report(RunLayout(tmp_path), {"sft": {"steps": 3}})
+  assert "Headline" not in out.read_text()
