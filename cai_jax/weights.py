@@ -414,6 +414,21 @@ def hf_config(cfg: ModelConfig, tokenizer=None) -> dict[str, Any]:
   return out
 
 
+def export_hf_from_devices(out_dir: str | pathlib.Path, cfg: ModelConfig, params: Any,
+                           tokenizer=None) -> pathlib.Path:
+  """export_hf of (possibly sharded) device arrays. Every process of a multi-host run calls
+  it: the arrays are gathered onto every host (their shards may live on other hosts) and
+  process 0 alone writes the files."""
+  import jax
+
+  from cai_jax import sharding
+
+  host = sharding.to_host(params)
+  if jax.process_index() == 0:
+    export_hf(out_dir, cfg, host, tokenizer)
+  return pathlib.Path(out_dir)
+
+
 def export_hf(out_dir: str | pathlib.Path, cfg: ModelConfig, params: Mapping[str, Any], tokenizer=None) -> pathlib.Path:
   """Writes model.safetensors + config.json (+ tokenizer files when the tokenizer can) to out_dir.
 

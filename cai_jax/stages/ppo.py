@@ -198,8 +198,8 @@ def _run_locked(config, c, layout, workdir) -> dict:
                         save_every=c.checkpoint_every, stage="ppo", log_every=1, hooks=guards)
   checkpointer.close()
   # The trained policy as HF safetensors, loadable as model.source (evaluations compare it).
-  weights.export_hf(layout.ppo_export, loaded.cfg, jax.device_get(state.params["policy"]),
-                    loaded.tokenizer)
+  weights.export_hf_from_devices(layout.ppo_export, loaded.cfg, state.params["policy"],
+                                 loaded.tokenizer)
   records = loop.read_metrics(layout.metrics("ppo"), "ppo")
   png = report.plot_stage(records, "ppo", workdir / "curves.png", keys=CURVES)
   last = records[-1] if records else {}

@@ -19,8 +19,6 @@ from __future__ import annotations
 import logging
 import pathlib
 
-import jax
-
 from cai_jax import losses, weights
 from cai_jax.data import fingerprint
 from cai_jax.data.pipeline import DataReport, read_sl_cai, tokenize_examples
@@ -74,7 +72,7 @@ def _train(config, layout, settings, train, held, report, paths) -> dict:
   export = None
   if c.export_hf != "none":
     export = pathlib.Path(c.export_hf) if c.export_hf else layout.sft_export
-    weights.export_hf(export, loaded.cfg, jax.device_get(state.params), tok)
+    weights.export_hf_from_devices(export, loaded.cfg, state.params, tok)
     log.info("sft: exported HF safetensors to %s", export)
   summary.update(loss=c.loss, data=report.summary(), skipped=dict(report.skipped),
                  export_hf=str(export) if export else None, checkpoint=guarding.summary(guards))

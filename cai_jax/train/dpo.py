@@ -210,8 +210,8 @@ def score_pairs(graphdef: Any, params: Any, pairs: Sequence[EncodedPair], *, bat
     for lo in range(0, len(pairs), batch_size):
       chunk = pairs[lo:lo + batch_size]
       batch = pair_batch(chunk, batch_size, pad_id, max_len)
-      batch = sharding.shard_batch(batch, mesh) if mesh is not None else batch
-      out.append(np.asarray(jax.device_get(_pair_logprobs_jit(graphdef, params, batch)))[:len(chunk)])
+      batch = sharding.shard_global_batch(batch, mesh) if mesh is not None else batch
+      out.append(sharding.to_host(_pair_logprobs_jit(graphdef, params, batch))[:len(chunk)])
       bar.update(len(chunk))
   return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
 
@@ -338,7 +338,7 @@ def train_dpo(policy, pairs: Sequence[prefs.Pair], s: DPOSettings, out_dir: str 
       rows = batch_indices(len(enc_train), s.batch_size, s.seed, step)
       batch = pair_batch([enc_train[i] for i in rows], s.batch_size, tok.pad_id, s.max_len,
                          ref_train[rows])
-      yield sharding.shard_batch(batch, mesh)
+      yield sharding.shard_global_batch(batch, mesh)  # every host draws the same global rows
       step += 1
 
   p_held = np.asarray([e.p for e in enc_held])
@@ -353,7 +353,7 @@ def train_dpo(policy, pairs: Sequence[prefs.Pair], s: DPOSettings, out_dir: str 
                    stage="dpo", tokens_in_batch=lambda b: int(2 * b["tokens_a"].size))
   ckpt.close()
   if export_to is not None:
-    weights.export_hf(export_to, policy.cfg, jax.device_get(state.params), tok)
+    weights.export_hf_from_devices(export_to, policy.cfg, state.params, tok)
     log.info("dpo: exported the policy as HF safetensors to %s", export_to)
   curve = read_metrics(out_dir / "metrics.jsonl", "dpo")
   ends = {f"{when}_{k}": rec.get(k) for when, rec in (("first", curve[0] if curve else {}),

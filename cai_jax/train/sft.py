@@ -77,7 +77,8 @@ def make_sft_step(*, graphdef: Any, tx: optax.GradientTransformation, state_shar
 
 def make_eval_fn(*, graphdef: Any, mesh: Mesh, batches: list[dict[str, np.ndarray]],
                  loss: str | LossFn = "sft_ce") -> Callable[[TrainState], dict[str, float]]:
-  """Token-weighted mean loss / accuracy of the current params over fixed held-out batches."""
+  """Token-weighted mean loss / accuracy of the current params over fixed held-out batches
+  (every host holds them whole)."""
   loss_fn = get_loss(loss) if isinstance(loss, str) else loss
 
   @jax.jit
@@ -88,7 +89,7 @@ def make_eval_fn(*, graphdef: Any, mesh: Mesh, batches: list[dict[str, np.ndarra
     tot = {"loss": 0.0, "accuracy": 0.0}
     n = 0.0
     for b in batches:
-      m = jax.device_get(metrics_of(state.params, sharding.shard_batch(b, mesh)))
+      m = jax.device_get(metrics_of(state.params, sharding.shard_global_batch(b, mesh)))
       k = float(m["n_tokens"])
       tot = {key: tot[key] + float(m[key]) * k for key in tot}
       n += k
