@@ -178,6 +178,9 @@ def shard_global_batch(batch: Mapping[str, Any], mesh: Mesh, rules: Mapping[str,
   """Places a batch that every process holds whole (the same global rows, in the same order on
   every host) onto the mesh: each process transfers only the rows its own devices hold, so
   the result is the one-process batch whatever the number of hosts."""
+  if jax.process_count() == 1:  # the whole batch is this process's own: one transfer
+    return shard_batch(batch, mesh, rules)
+
   def put(x):
     x = np.asarray(x)
     sharding = batch_sharding(mesh, x.ndim, rules) if x.ndim else replicated(mesh)

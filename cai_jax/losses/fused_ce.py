@@ -123,14 +123,12 @@ def _logprob_chunks(hidden, head, targets, entropy: bool):
   """(log p of targets [B, T], entropy [B, T] or None), one [B, c, V] chunk of logits at a time.
 
   The chunk body is rematerialised (jax.checkpoint), so under differentiation the
-  backward pass recomputes each chunk's logits instead of saving them all.
+  backward pass recomputes each chunk's logits instead of saving them all. The chunk
+  length divides T (`_chunk_len`): padding the sequence to whole chunks instead made
+  XLA:CPU abort inside PPO's sharded update (the sweep tests hit it).
   """
   B, T = targets.shape
-  c = max(1, min(T, CHUNK_TOKENS // max(B, 1)))
-  pad = -T % c  # any T: pad to whole chunks, cut back at the end
-  if pad:
-    hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
-    targets = jnp.pad(targets, ((0, 0), (0, pad)))
+  c = _chunk_len(B, T)
 
   @jax.checkpoint
   def chunk(head, h, t):
@@ -149,7 +147,7 @@ def _logprob_chunks(hidden, head, targets, entropy: bool):
     return None, chunk(head, *xs)
 
   _, (logp, ent) = jax.lax.scan(body, None, (_split(hidden, c), _split(targets, c)))
-  return _merge(logp)[:, :T], (None if ent is None else _merge(ent)[:, :T])
+  return _merge(logp), (None if ent is None else _merge(ent))
 
 
 def linear_logprobs(hidden: jax.Array, head: jax.Array, targets: jax.Array) -> jax.Array:
