@@ -117,7 +117,10 @@ def test_sequence_logprobs_match_full_logits_past_one_chunk(tiny):
     np.testing.assert_allclose(got[b], want, atol=2e-5)
 
 
-def test_ppo_policy_forward_logprobs_and_entropy_match_full_logits(tiny):
+@pytest.mark.parametrize("full_logits_bytes", [0, 1 << 40])  # chunked, then whole
+def test_ppo_policy_forward_logprobs_and_entropy_match_full_logits(tiny, monkeypatch,
+                                                                   full_logits_bytes):
+  monkeypatch.setattr(ppo, "FULL_LOGITS_BYTES", full_logits_bytes)
   graphdef, params = tiny
   head_gd, value = ppo.init_value_params(True, params, get_model_config("tiny").d_model)
   spec = ppo.PPOSpec(graphdef, head_gd, True)

@@ -89,6 +89,12 @@ def _shift_right(x: jax.Array) -> jax.Array:
   return jnp.pad(x, ((0, 0), (1, 0)))
 
 
+# Below this many bytes of float32 logits the policy pass reads them out whole: small models
+# gain nothing from chunking, and the chunked update made XLA:CPU abort with the tests' tiny
+# model inside the ablation sweeps (not seen with SmolLM2-135M; cause not found).
+FULL_LOGITS_BYTES = 64 << 20
+
+
 def policy_forward(spec: PPOSpec, params, tokens: jax.Array, positions: jax.Array,
                    mask: jax.Array) -> dict[str, jax.Array]:
   """"logprobs", "entropy" (of the full next-token distribution) and "values",
@@ -96,10 +102,17 @@ def policy_forward(spec: PPOSpec, params, tokens: jax.Array, positions: jax.Arra
   critic's estimate at the state before token t (read at position t - 1)."""
   policy = nnx.merge(spec.policy_graphdef, params["policy"])
   hidden, _ = policy.hidden(tokens, positions)  # [B, T, D]
-  # Chunk by chunk over the sequence: [B, T-1, V] logits (and their softmax and gradient)
-  # never exist at once.
-  picked, entropy = fused_ce.linear_logprobs_entropy(hidden[:, :-1], policy.unembedding(),
-                                                     tokens[:, 1:])
+  B, T = tokens.shape
+  if B * (T - 1) * policy.cfg.vocab_size * 4 > FULL_LOGITS_BYTES:
+    # Chunk by chunk over the sequence: [B, T-1, V] logits (and their softmax and gradient)
+    # never exist at once.
+    picked, entropy = fused_ce.linear_logprobs_entropy(hidden[:, :-1], policy.unembedding(),
+                                                       tokens[:, 1:])
+  else:
+    logits = policy.logits(hidden[:, :-1]).astype(jnp.float32)  # [B, T-1, V]
+    logp_all = jax.nn.log_softmax(logits, axis=-1)
+    picked = jnp.take_along_axis(logp_all, tokens[:, 1:, None], axis=-1)[..., 0]
+    entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
   if spec.shared_value:
     head, critic_hidden = nnx.merge(spec.head_graphdef, params["value"]), hidden
   else:
