@@ -189,12 +189,16 @@ def shard_global_batch(batch: Mapping[str, Any], mesh: Mesh, rules: Mapping[str,
 
 
 def to_host(tree):
-  """numpy copies of a pytree of arrays, whole on every process: in a multi-host run a
-  batch-sharded array's other rows live on other hosts and come by an all-gather."""
-  if jax.process_count() == 1:
-    return jax.tree.map(np.asarray, tree)
+  """numpy copies of a pytree of arrays, whole on every process: an array whose rows live
+  partly on other hosts (batch-sharded over a multi-host mesh) comes by an all-gather; one
+  this process holds whole (a single process, or a mesh of its own devices) is copied."""
   from jax.experimental import multihost_utils
-  return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+
+  def get(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+      return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return jax.tree.map(get, tree)
 
 
 def init_sharded(model_fn, mesh: Mesh, rules: Mapping[str, Any] | str = "train"):
