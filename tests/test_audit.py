@@ -1,6 +1,5 @@
 """The self-audit: battery, override routes, honour probes, verdicts, rates, red-team files."""
 
-import dataclasses
 import json
 import pathlib
 import re
@@ -12,7 +11,8 @@ from cai_jax import constitution as C
 from cai_jax.data import redteam
 from cai_jax.evals import audit, audit_report, audit_routes, audit_run
 from cai_jax.sampling import SamplerSettings, TextSampler
-from cai_jax.tokenizer import ByteTokenizer, ChatTemplate
+
+from tiny_model import TinyModel
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PROFILES = ("eu_healthcare", "us_financial", "children_education", "creative_writing")
@@ -30,17 +30,6 @@ def templates():
 @pytest.fixture(scope="module")
 def bank():
   return audit.load_scenario_bank()
-
-
-@dataclasses.dataclass(frozen=True)
-class TinyModel:
-  """What the text sampler needs from a LoadedModel."""
-
-  graphdef: object
-  params: dict
-  tokenizer: object = ByteTokenizer()
-  chat: ChatTemplate = ChatTemplate("chatml")
-  source: str = "random:tiny"
 
 
 @pytest.fixture(scope="module")

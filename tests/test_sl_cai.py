@@ -20,7 +20,8 @@ from cai_jax import sampling
 from cai_jax.cai import revision as sl_cai
 from cai_jax.data import prompts as P
 from cai_jax.sampling import SamplerSettings, TextSampler
-from cai_jax.tokenizer import ByteTokenizer, ChatTemplate
+
+from tiny_model import TinyModel
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SETTINGS = sl_cai.SLDataSettings(n_rounds=2, n_few_shot=1, seed=3)
@@ -29,17 +30,6 @@ SAMPLER = SamplerSettings(max_new_tokens=8, max_prompt_len=256, batch_size=4)
 
 def sampler(model, **changes) -> TextSampler:
   return TextSampler(model, dataclasses.replace(SAMPLER, **changes), seed=3)
-
-
-@dataclasses.dataclass(frozen=True)
-class TinyModel:
-  """What the text sampler needs from a LoadedModel."""
-
-  graphdef: object
-  params: dict
-  tokenizer: object = ByteTokenizer()
-  chat: ChatTemplate = ChatTemplate("chatml")
-  source: str = "random:tiny"
 
 
 def tiny_model() -> TinyModel:
